@@ -1,0 +1,29 @@
+"""Typed errors shared by every package.  Each message says the value, the rule and the fix."""
+
+
+class PortfolioTrainerError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(PortfolioTrainerError, ValueError):
+    """A config file, key or value is wrong (unknown key, wrong type, inconsistent values)."""
+
+
+class DeviceError(PortfolioTrainerError, RuntimeError):
+    """The configured device is not available.  We never fall back to another device."""
+
+
+class DataError(PortfolioTrainerError, ValueError):
+    """The factor panel is malformed: names the column, first bad date or factor."""
+
+
+class SolverError(PortfolioTrainerError, RuntimeError):
+    """The portfolio optimisation failed or returned an infeasible answer."""
+
+
+class TrainingError(PortfolioTrainerError, RuntimeError):
+    """Training cannot go on (NaN/inf loss or gradient, refused output directory, ...)."""
+
+
+class CheckpointError(PortfolioTrainerError, RuntimeError):
+    """A checkpoint is missing, corrupt or incompatible with the code."""
