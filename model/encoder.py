@@ -1,0 +1,178 @@
+"""xLSTM encoder: a window of the factor panel -> one summary vector per decision.
+
+(B, L, N, F) --flatten per step--> (B, L, N*F) --Linear--> (B, L, H) --xLSTMBlockStack--> (B, L, H)
+--last step--> (B, H).
+
+The stack ends in upstream's post-blocks LayerNorm and every block is causal, so the last step's
+hidden state summarises the whole window; it is the summary (no pooling).
+
+sLSTM backends (``model.encoder.slstm_backend``), resolved here from the device and logged:
+
+* ``auto``: ``cuda`` on a cuda device, ``fast`` elsewhere;
+* ``cuda``: upstream's CUDA kernel (JIT-compiled on first construction); a non-cuda device raises
+  :class:`DeviceError` (never a silent fallback);
+* ``fast``: :mod:`model.slstm_fast`, pure torch, same weights and outputs as ``vanilla``;
+* ``vanilla``: upstream's pure-torch step (the slow reference).
+
+On cuda the sLSTM kernel computes in ``training.precision`` (float32 or bfloat16; upstream's default
+would be bfloat16 always).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from xlstm import (
+    FeedForwardConfig,
+    mLSTMBlockConfig,
+    mLSTMLayerConfig,
+    sLSTMBlockConfig,
+    sLSTMLayerConfig,
+    xLSTMBlockStack,
+    xLSTMBlockStackConfig,
+)
+
+from model.config import Config, EncoderConfig, check_device
+from model.errors import ConfigError, DeviceError
+from model.heads import ShapeError, check_shape
+from model.slstm_fast import use_fast_slstm
+
+LOGGER = logging.getLogger(__name__)
+
+SLSTM_BACKENDS = ("auto", "cuda", "fast", "vanilla")
+
+
+def resolve_slstm_backend(requested: str, device: str) -> str:
+    """The sLSTM backend to build for ``device``: one of ``cuda``, ``fast``, ``vanilla``.
+
+    Raises :class:`DeviceError` for ``cuda`` on a non-cuda device and :class:`ConfigError` for an
+    unknown name.
+    """
+    kind = torch.device(device).type
+    if requested == "auto":
+        return "cuda" if kind == "cuda" else "fast"
+    if requested == "cuda" and kind != "cuda":
+        raise DeviceError(
+            f"model.encoder.slstm_backend = 'cuda' needs a cuda device, but the model is built for "
+            f"{device!r}. Use slstm_backend=auto (the fast pure-torch sLSTM off cuda) or a GPU."
+        )
+    if requested in ("cuda", "fast", "vanilla"):
+        return requested
+    raise ConfigError(f"model.encoder.slstm_backend = {requested!r} is unknown; use one of {SLSTM_BACKENDS}.")
+
+
+def build_stack_config(enc: EncoderConfig, lookback: int, backend: str, dtype: str) -> xLSTMBlockStackConfig:
+    """A fresh upstream stack config (upstream's ``__post_init__`` mutates nested configs in place,
+    so sharing one between models would couple them).
+
+    ``backend`` is upstream's ("cuda" or "vanilla"); ``dtype`` is the cuda kernel's compute dtype.
+    Dropout is 0 here and set per layer on the built modules (:func:`apply_layer_dropout`).
+    """
+    slstm_at = [i for i, cell in enumerate(enc.cell_types) if cell == "sLSTM"]
+    mlstm_block = None
+    if len(slstm_at) < enc.num_layers:
+        mlstm_block = mLSTMBlockConfig(
+            mlstm=mLSTMLayerConfig(
+                conv1d_kernel_size=enc.conv1d_kernel_size, qkv_proj_blocksize=4, num_heads=enc.num_heads
+            )
+        )
+    slstm_block = None
+    if slstm_at:
+        slstm_block = sLSTMBlockConfig(
+            slstm=sLSTMLayerConfig(
+                backend=backend,
+                num_heads=enc.num_heads,
+                conv1d_kernel_size=enc.conv1d_kernel_size,
+                bias_init="powerlaw_blockdependent",
+                dtype=dtype,
+            ),
+            feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu"),
+        )
+    return xLSTMBlockStackConfig(
+        mlstm_block=mlstm_block,
+        slstm_block=slstm_block,
+        context_length=lookback,  # must be >= the sequence length (it sizes mLSTM's causal mask)
+        num_blocks=enc.num_layers,
+        embedding_dim=enc.hidden_dim,
+        slstm_at=slstm_at,
+        dropout=0.0,
+    )
+
+
+def apply_layer_dropout(stack: xLSTMBlockStack, dropout: tuple[float, ...]) -> None:
+    """Set ``p`` of every nn.Dropout inside block i to ``dropout[i]`` (upstream has one global p).
+
+    An sLSTM block has two (after the cell and after its feed-forward), an mLSTM block one.
+    """
+    if len(dropout) != len(stack.blocks):
+        raise ConfigError(f"model.encoder.dropout has {len(dropout)} entries for {len(stack.blocks)} blocks.")
+    for i, (block, p) in enumerate(zip(stack.blocks, dropout)):
+        modules = [m for m in block.modules() if isinstance(m, nn.Dropout)]
+        if not modules:
+            raise ConfigError(f"block {i} ({type(block).__name__}) has no dropout module to set p = {p} on.")
+        for module in modules:
+            module.p = float(p)
+
+
+class XLSTMEncoder(nn.Module):
+    """Encode a window of the factor panel into a summary vector.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``model.encoder``, ``data.lookback_days``, ``data.num_factors``, ``data.num_features``
+        and ``training.precision``.
+    device : str
+        Device the model will run on ("cpu", "cuda", "cuda:1", "mps"); picks the sLSTM backend.
+        The encoder is built on the CPU; the caller moves it (``XLSTMPortfolio`` does).
+    """
+
+    def __init__(self, cfg: Config, device: str):
+        super().__init__()
+        enc, data = cfg.model.encoder, cfg.data
+        check_device(torch.device(device).type)
+        if enc.conv1d_kernel_size < 1:
+            raise ConfigError(f"model.encoder.conv1d_kernel_size = {enc.conv1d_kernel_size} must be >= 1.")
+        self.lookback, self.n_factors, self.n_features = data.lookback_days, data.num_factors, data.num_features
+        self.hidden_dim = enc.hidden_dim
+        self.slstm_backend = resolve_slstm_backend(enc.slstm_backend, device)
+        LOGGER.info(
+            "sLSTM backend %s (requested %s, device %s)", self.slstm_backend, enc.slstm_backend, device
+        )
+        upstream_backend = "cuda" if self.slstm_backend == "cuda" else "vanilla"
+        dtype = "bfloat16" if cfg.training.precision == "bfloat16" else "float32"
+
+        self.input_proj = nn.Linear(self.n_factors * self.n_features, enc.hidden_dim)
+        self.stack = xLSTMBlockStack(build_stack_config(enc, self.lookback, upstream_backend, dtype))
+        apply_layer_dropout(self.stack, enc.dropout)
+        if self.slstm_backend == "fast":
+            use_fast_slstm(self.stack)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Summarise a batch of windows.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, L, N, F)
+            Features of N factors over L <= lookback days, oldest first; cast to float32.
+
+        Returns
+        -------
+        Tensor, shape (B, H)
+            The stack's output at the last day of the window.
+        """
+        check_shape("x", x, (None, None, self.n_factors, self.n_features), hint="(batch, lookback, factors, features)")
+        batch, length = x.shape[0], x.shape[1]
+        if not 1 <= length <= self.lookback:
+            raise ShapeError(
+                f"x: window length {length} must be in [1, lookback_days = {self.lookback}] "
+                "(the mLSTM causal mask is sized to the lookback)."
+            )
+        if not x.dtype.is_floating_point:
+            raise ShapeError(f"x: expected a floating-point tensor, got {x.dtype}.")
+        x = x.to(self.input_proj.weight.dtype)
+        z = self.input_proj(x.reshape(batch, length, self.n_factors * self.n_features))  # (B, L, H)
+        z = self.stack(z)  # (B, L, H)
+        return z[:, -1]  # (B, H)

@@ -1,0 +1,124 @@
+"""Moment heads: expected horizon returns and a factor-model covariance from the encoder summary.
+
+Units: every output is in *horizon simple-return* units (decimal: 0.01 = 1 %) over the decision's
+horizon, days t+1..t+horizon.  Raw linear outputs are multiplied by fixed scales derived from a
+reference factor volatility of 10 % a year (:data:`REFERENCE_ANNUAL_VOL`), so that at
+initialisation, for horizon = 5 days (vol_h = 0.10 * sqrt(5/252) = 1.4 %):
+
+* ``mu`` has a standard deviation of about 0.1 * vol_h * 0.6 ~ 8e-4,
+* ``diag(Sigma)`` is about vol_h**2 ~ 2e-4 (a third from the factors, the rest idiosyncratic).
+
+The scales are constants, not parameters: the linear layers learn any other level, and fixed scales
+keep the optimiser's step sizes comparable across horizons.
+
+Also home of :class:`ShapeError` and :func:`check_shape`, the boundary checks of the model package
+(kept here because this module has no heavy imports).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.errors import PortfolioTrainerError
+
+REFERENCE_ANNUAL_VOL = 0.10
+"""Annual volatility of a typical factor portfolio; sets the output scales (not a constraint)."""
+TRADING_DAYS_PER_YEAR = 252
+
+
+class ShapeError(PortfolioTrainerError, ValueError):
+    """A tensor reaching the model or the losses has the wrong shape, dtype or batch size."""
+
+
+def check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Optional[int]], hint: str = "") -> None:
+    """Raise :class:`ShapeError` unless ``tensor.shape`` matches ``expected`` (None = any size).
+
+    The message names the tensor, the expected and the actual shape, e.g.
+    ``x: expected shape (B, 20, 104, 9), got (32, 20, 104, 8)``.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise ShapeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}.")
+    got = tuple(tensor.shape)
+    ok = len(got) == len(expected) and all(e is None or e == g for e, g in zip(expected, got))
+    if not ok:
+        # Unconstrained sizes print as B (the leading batch) or * (anything else).
+        names = ["B" if i == 0 else "*" for i in range(len(expected))]
+        shown = ", ".join(n if e is None else str(e) for n, e in zip(names, expected))
+        raise ShapeError(f"{name}: expected shape ({shown}), got {got}.{(' ' + hint) if hint else ''}")
+
+
+def horizon_vol(horizon: int) -> float:
+    """Reference volatility of a ``horizon``-day simple return (decimal), sqrt-of-time scaled."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1 day (got {horizon}).")
+    return REFERENCE_ANNUAL_VOL * math.sqrt(horizon / TRADING_DAYS_PER_YEAR)
+
+
+class MomentHeads(nn.Module):
+    """Map the encoder summary to (mu, cov_factor, cov_diag) with Sigma = B B^T + diag(d).
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width H of the encoder summary.
+    n_assets : int
+        Number N of factor portfolios.
+    cov_rank : int
+        Rank k of the factor part of the covariance.
+    min_variance : float
+        Floor added to the idiosyncratic variances d (horizon-return units, > 0): keeps Sigma
+        positive definite whatever the weights.
+    horizon : int
+        Prediction horizon in days; sets the output scales (see module docstring).
+    """
+
+    def __init__(self, hidden_dim: int, n_assets: int, cov_rank: int, min_variance: float, horizon: int):
+        super().__init__()
+        if min_variance <= 0:
+            raise ValueError(f"min_variance must be > 0 so Sigma is positive definite (got {min_variance}).")
+        self.n_assets, self.cov_rank, self.min_variance = n_assets, cov_rank, float(min_variance)
+        vol_h = horizon_vol(horizon)
+        self.mu_scale = 0.1 * vol_h  # expected returns are a small fraction of the volatility
+        self.factor_scale = vol_h / math.sqrt(cov_rank)  # k loadings share the factor variance
+        self.variance_scale = vol_h**2
+        self.mu_head = nn.Linear(hidden_dim, n_assets)
+        self.factor_head = nn.Linear(hidden_dim, n_assets * cov_rank)
+        self.variance_head = nn.Linear(hidden_dim, n_assets)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Moments of the next horizon's simple returns.
+
+        Parameters
+        ----------
+        h : Tensor, shape (B, H)
+            Encoder summary (any float dtype; computed in float32).
+
+        Returns
+        -------
+        mu : Tensor, shape (B, N), float32
+            Expected horizon returns.
+        cov_factor : Tensor, shape (B, N, k), float32
+            Loadings B of Sigma = B B^T + diag(d).
+        cov_diag : Tensor, shape (B, N), float32
+            Idiosyncratic variances d = variance_scale * softplus(.) + min_variance > 0.
+        """
+        check_shape("encoder summary h", h, (None, self.mu_head.in_features))
+        batch = h.shape[0]
+        # Outside autocast: under bf16 the heads' outputs (and so Sigma) must stay float32.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()  # (B, H)
+            mu = self.mu_scale * self.mu_head(h)  # (B, N)
+            cov_factor = self.factor_scale * self.factor_head(h)  # (B, N*k)
+            cov_factor = cov_factor.view(batch, self.n_assets, self.cov_rank)  # (B, N, k)
+            cov_diag = self.variance_scale * F.softplus(self.variance_head(h)) + self.min_variance  # (B, N)
+        return mu, cov_factor, cov_diag
+
+
+def covariance(cov_factor: torch.Tensor, cov_diag: torch.Tensor) -> torch.Tensor:
+    """Dense Sigma = B B^T + diag(d), shape (B, N, N); for tests and diagnostics (O(N^2) memory)."""
+    return cov_factor @ cov_factor.transpose(-1, -2) + torch.diag_embed(cov_diag)  # (B, N, N)

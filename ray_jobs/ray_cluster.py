@@ -1,0 +1,102 @@
+"""Start or join a Ray cluster, keeping Ray's files inside the run's own directory.
+
+* ``RAY_ADDRESS`` set: join that cluster (``ray job submit`` sets it for the job's driver).
+* otherwise: start a local cluster bound to 127.0.0.1 with its temp files under ``root/ray``.
+
+Token authentication stays on for local clusters, but the token lives in ``root/ray_auth_token``
+(not ``~/.ray``): we export ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so the cluster
+and every worker agree (the auth-mode trap in docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+# Unix sockets live under the temp dir; their paths must stay below ~107 bytes.
+_MAX_TEMP_DIR_LEN = 60
+
+
+def ensure_auth_token(root: Path) -> Path:
+    """Create (once) a private token file for local clusters and export the auth env vars."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return Path()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or (root / "ray_auth_token")).resolve()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    # Ray caches its config at import; re-read it the way ray.init's own token set-up does.
+    from ray._raylet import Config
+
+    Config.initialize("")
+    return path
+
+
+def bind_to_loopback() -> None:
+    """Make a local cluster use 127.0.0.1 for every address.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is rewritten by Ray to the routable IP on Linux;
+    Ray uses the loopback address only in its single-machine mode (the default on macOS), which
+    this switch selects.  Workers inherit the environment variable.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the env var is read once at import
+
+
+def _temp_dir(root: Path) -> str:
+    """Ray's temp dir under ``root``; a short symlinked path when ``root`` is too deep."""
+    target = (root / "ray").resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    if len(str(target)) <= _MAX_TEMP_DIR_LEN:
+        return str(target)
+    # Socket paths would be too long: point a short link in the system temp dir at our folder.
+    link = Path(tempfile.mkdtemp(prefix="xlp_")) / "r"
+    link.symlink_to(target, target_is_directory=True)
+    return str(link)
+
+
+@contextlib.contextmanager
+def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[str]:
+    """Yield the address of a running Ray cluster; stop it afterwards if we started it."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining the Ray cluster at RAY_ADDRESS=%s", address)
+        ray.init(address=address, log_to_driver=True)
+        try:
+            yield address
+        finally:
+            ray.shutdown()
+        return
+    root = Path(root).resolve()
+    ensure_auth_token(root)
+    bind_to_loopback()
+    temp_dir = _temp_dir(root)
+    log.info("starting a local Ray cluster on 127.0.0.1 (temp files in %s)", root / "ray")
+    ctx = ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=temp_dir,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    try:
+        yield ctx.address_info["address"]
+    finally:
+        ray.shutdown()

@@ -1,0 +1,97 @@
+"""Build the TorchTrainer that trains one seed (used by ``train.py`` and by each Tune trial)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from model.config import Config
+from model.errors import DeviceError, TrainingError
+from ray_jobs.seed_loop import train_loop_per_worker
+
+FINISHED = "finished.json"
+
+
+def seed_run_name(seed: int) -> str:
+    """Stable run name (no timestamp): Ray restores a run by its name."""
+    return f"seed_{seed}"
+
+
+def refuse_finished(run_dir: Path) -> None:
+    """A finished run is never silently overwritten."""
+    marker = run_dir / FINISHED
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        raise TrainingError(
+            f"{run_dir} already holds a finished run (best val_sharpe {info.get('best_val_sharpe'):.4f} "
+            f"at epoch {info.get('best_epoch')}). Choose another --output, or delete that folder to retrain."
+        )
+
+
+def train_dataset(train_indices, cfg: Config) -> "ray.data.Dataset":
+    """Decision indices of the training split, reshuffled every epoch (each epoch re-executes)."""
+    items = [{"t": int(t)} for t in train_indices]
+    ds = ray.data.from_items(items).random_shuffle()
+    if cfg.training.steps_per_epoch:
+        # A fresh random subset per epoch: shuffle then limit, both re-run every epoch.
+        ds = ds.limit(cfg.training.steps_per_epoch * cfg.training.batch_size)
+    return ds
+
+
+def check_cluster_devices(cfg: Config) -> None:
+    """On a cluster the driver may have no GPU: check the cluster, not this process."""
+    tr = cfg.training
+    if tr.device == "cuda":
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        need = tr.gpus_per_worker * tr.num_workers
+        if gpus < need:
+            raise DeviceError(
+                f"training.device = 'cuda' needs {need} GPU(s) per seed but the Ray cluster has {gpus}. "
+                "Start GPU workers (see cluster.yaml) or pass --set training.device=cpu."
+            )
+
+
+def build_trainer(
+    cfg: Config,
+    seed: int,
+    storage_path: Path,
+    train_indices,
+    panel_path: Optional[str] = None,
+    callbacks: Sequence = (),
+) -> TorchTrainer:
+    """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``."""
+    tr = cfg.training
+    name = seed_run_name(seed)
+    run_dir = Path(storage_path).resolve() / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resources = {"CPU": tr.cpus_per_worker}
+    if tr.device == "cuda":
+        resources["GPU"] = tr.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tr.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ensemble.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+        ),
+        datasets={"train": train_dataset(train_indices, cfg)},
+    )
+
+
+def read_finished(run_dir: Path) -> dict:
+    marker = Path(run_dir) / FINISHED
+    if not marker.exists():
+        raise TrainingError(f"{run_dir} has no {FINISHED}: the run did not finish.")
+    return json.loads(marker.read_text())

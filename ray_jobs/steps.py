@@ -1,0 +1,150 @@
+"""One training epoch and one validation pass; no Ray calls beyond the dataset shard iterator."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import Config
+from model.losses import compute_losses
+from ray_jobs.evaluation import chain_solves, rebalance_indices, score_weights
+
+LOSS_KEYS = ("loss", "loss_return", "loss_cov", "loss_sharpe", "loss_tc")
+
+
+@dataclass
+class EpochStats:
+    """Means over the epoch's steps (gradient_norm: before clipping)."""
+
+    loss: float
+    loss_return: float
+    loss_cov: float
+    loss_sharpe: float
+    loss_tc: float
+    gradient_norm: float  # mean over steps
+    gradient_norm_max: float
+    steps: int
+    samples: int
+    epoch_time_s: float
+    samples_per_s: float
+    data_wait_s: float
+    data_wait_fraction: float
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config):
+    """AdamW at the config's rate; cosine to lr/10 over max_epochs (stepped per epoch) or constant."""
+    tr = cfg.training
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
+    if tr.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=tr.max_epochs, eta_min=tr.learning_rate / 10
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
+
+
+def autocast(cfg: Config, device: torch.device):
+    """bf16 autocast on CUDA when configured; the portfolio layer disables it for its float64 solve."""
+    if cfg.training.precision == "bfloat16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def equal_weights(batch: int, n: int, device: torch.device) -> torch.Tensor:
+    """Training trades from 1/N: shuffled windows have no previous portfolio of their own."""
+    return torch.full((batch, n), 1.0 / n, dtype=torch.float64, device=device)  # (B, N)
+
+
+def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path):
+    """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping)."""
+    from ray_jobs.seed_loop import assert_finite
+
+    w_prev = equal_weights(x.shape[0], cfg.data.num_factors, x.device)
+    with autocast(cfg, x.device):
+        out = fwd(x, w_prev)
+    losses = compute_losses(
+        out.mu, out.cov_factor, out.cov_diag, out.weights, w_prev, r_horizon, r_daily,
+        cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon,
+    )
+    assert_finite(losses["loss"].detach(), "loss", epoch, step, run_dir)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip_norm)
+    assert_finite(grad_norm.detach(), "gradient norm", epoch, step, run_dir)
+    optimizer.step()
+    return {k: float(losses[k].detach()) for k in LOSS_KEYS}, float(grad_norm)
+
+
+def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path) -> EpochStats:
+    """One pass over this worker's shard of freshly shuffled decision indices."""
+    model.train()
+    per_worker = max(2, cfg.training.batch_size // world)
+    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    norms, samples, wait = [], 0, 0.0
+    start = tick = time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=True, dtypes=torch.int64)
+    for step, batch in enumerate(batches, start=1):
+        x, r_daily, r_horizon = source.gather(batch["t"].to(source.device))
+        wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
+        terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir)
+        for key in LOSS_KEYS:
+            sums[key] += terms[key]
+        norms.append(norm)
+        samples += x.shape[0]
+        tick = time.perf_counter()
+        if cfg.training.steps_per_epoch and step >= cfg.training.steps_per_epoch:
+            break
+    elapsed = time.perf_counter() - start
+    steps = len(norms)
+    if steps == 0:
+        from model.errors import TrainingError
+
+        raise TrainingError(
+            f"epoch {epoch}: this worker received no full batch of {per_worker} training windows; "
+            "lower training.batch_size or training.num_workers."
+        )
+    return EpochStats(
+        **{k: v / steps for k, v in sums.items()}, gradient_norm=float(np.mean(norms)),
+        gradient_norm_max=float(np.max(norms)), steps=steps, samples=samples, epoch_time_s=elapsed,
+        samples_per_s=samples / elapsed, data_wait_s=wait, data_wait_fraction=wait / elapsed,
+    )
+
+
+@torch.no_grad()
+def predict_moments(cfg: Config, model, source, indices: np.ndarray):
+    """Encoder + heads over decision indices in batches (eval mode). Returns mu, B, d (K, ...)."""
+    model.eval()
+    parts = []
+    for chunk in np.array_split(indices, max(1, int(np.ceil(len(indices) / cfg.training.batch_size)))):
+        x, _, _ = source.gather(torch.as_tensor(chunk, dtype=torch.int64, device=source.device))
+        with autocast(cfg, source.device):
+            parts.append([t.float() for t in model.predict_moments(x)])
+    return [torch.cat(ts) for ts in zip(*parts)]
+
+
+@torch.no_grad()
+def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str = "val") -> dict:
+    """Validation losses, Sharpe and turnover at non-overlapping rebalances, net of costs."""
+    h = cfg.data.prediction_horizon
+    idx = rebalance_indices(split_indices, h)
+    mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
+    weights, w_prev = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
+    _, r_daily, r_horizon = source.gather(torch.as_tensor(idx, dtype=torch.int64, device=source.device))
+    losses = compute_losses(
+        mu, cov_factor, cov_diag, weights, w_prev, r_horizon, r_daily,
+        cfg.training, cfg.portfolio.tc_rate, h,
+    )
+    result = score_weights(idx, weights.cpu().numpy(), w_prev.cpu().numpy(), r_horizon.cpu().numpy(), cfg.portfolio.tc_rate, h)
+    out = {f"{prefix}_{k}": float(losses[k]) for k in LOSS_KEYS}
+    out[f"{prefix}_sharpe_ratio"] = result.sharpe
+    out[f"{prefix}_turnover"] = result.mean_turnover
+    if prefix == "val":
+        out["val_sharpe"] = result.sharpe  # Tune's metric (same number as val_sharpe_ratio)
+    return out

@@ -1,0 +1,81 @@
+"""Train one seed of the xLSTM portfolio model with Ray Train's TorchTrainer.
+
+Examples
+--------
+  python train.py --config configs/model_config_cpu_smoke.yaml --seed 42 --output runs/smoke
+  python train.py --config configs/model_config_mac_test.yaml --set training.device=cpu
+  RAY_ADDRESS=127.0.0.1:6379 python train.py --config configs/model_config_h100_full.yaml --seed 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from model.config import check_device, load_config
+from model.errors import PortfolioTrainerError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python train.py",
+        description="Train one seed through Ray Train's TorchTrainer (a local 127.0.0.1 cluster, or RAY_ADDRESS).",
+    )
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/model_config_cpu_smoke.yaml")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the first of ensemble.seeds)")
+    p.add_argument("--output", default=None, help="output folder (default: training.output_dir); the run goes to OUTPUT/seed_<N>")
+    p.add_argument("--data", default=None, help="Parquet factor panel (default: data.panel_path, else the embedded synthetic panel)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set training.device=cpu (repeatable)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except PortfolioTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    cfg = load_config(args.config, args.overrides)
+    seed = args.seed if args.seed is not None else cfg.ensemble.seeds[0]
+    output = Path(args.output or cfg.training.output_dir).resolve()
+    panel_path = args.data or cfg.data.panel_path
+    if not os.environ.get("RAY_ADDRESS"):
+        check_device(cfg.training.device)  # the local cluster is this machine
+    from ray_jobs.seed_run import build_trainer, read_finished, refuse_finished, seed_run_name
+
+    run_dir = output / seed_run_name(seed)
+    refuse_finished(run_dir)
+    from data import prepare
+
+    prepared = prepare(cfg, panel_path)  # validates the panel before anything trains
+    print(f"panel: {prepared.panel.features.shape[0]} dates x {len(prepared.panel.factors)} factors x "
+          f"{len(prepared.panel.feature_names)} features; train/val/test decisions "
+          f"{len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
+    from ray_jobs.ray_cluster import ray_session
+    from ray_jobs.seed_run import check_cluster_devices
+
+    with ray_session(output, num_cpus=args.num_cpus):
+        check_cluster_devices(cfg)
+        trainer = build_trainer(cfg, seed, output, prepared.splits.train, panel_path=panel_path)
+        trainer.fit()
+    info = read_finished(run_dir)
+    print(f"\nseed {seed}: best val_sharpe {info['best_val_sharpe']:+.4f} at epoch {info['best_epoch']} "
+          f"of {info['epochs_run']} ({info['stop_reason']})")
+    print(f"best checkpoint: {info['best_checkpoint']}")
+    print(f"TensorBoard:     tensorboard --logdir {run_dir / 'tensorboard'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
