@@ -1,7 +1,9 @@
-"""Forward+backward time of one sLSTM block: upstream's vanilla step vs model.slstm_fast.
+"""Forward+backward time of sLSTM: upstream's vanilla step vs model.slstm_fast, side by side.
 
-Both modules hold the same weights (the fast cell is the vanilla cell with another ``_impl``), see
-the same input, and the run prints the largest output difference next to the timings.
+Two levels: the sLSTM cell alone (the recurrence that the fast step replaces) and one sLSTM block
+as the encoder runs it (cell + gate projections + conv + group norm + feed-forward, which are the
+same code in both).  Both modules of a pair hold the same weights (the fast cell is the vanilla cell
+with another ``_impl``), see the same input, and the run prints the largest output difference.
 
     python -m benchmarks.slstm                      # d = 256 and 1024, B = 32, S = 60
     python -m benchmarks.slstm --dims 256 --repeats 5
@@ -17,13 +19,23 @@ import time
 
 import torch
 from xlstm import FeedForwardConfig, sLSTMBlockConfig, sLSTMLayerConfig, xLSTMBlockStack, xLSTMBlockStackConfig
+from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
 from model.slstm_fast import use_fast_slstm
 
 
-def build_pair(dim: int, heads: int, seq: int, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """One-block sLSTM stacks (upstream vanilla, fast) with identical weights."""
+def build_pair(level: str, dim: int, heads: int, seq: int, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(upstream vanilla, fast) modules with identical weights: an sLSTM cell or a one-block stack."""
     torch.manual_seed(seed)
+    if level == "cell":
+        # A random (not zero-initialised) recurrent kernel, so the recurrence does real work.
+        cell_cfg = sLSTMCellConfig(
+            hidden_size=dim, num_heads=heads, backend="vanilla", recurrent_weight_init="standard"
+        )
+        upstream = torch.nn.Sequential(_CellOutput(sLSTMCell(cell_cfg)))
+        fast = copy.deepcopy(upstream)
+        use_fast_slstm(fast)
+        return upstream, fast
     cfg = xLSTMBlockStackConfig(
         slstm_block=sLSTMBlockConfig(
             slstm=sLSTMLayerConfig(backend="vanilla", num_heads=heads, conv1d_kernel_size=4),
@@ -38,6 +50,17 @@ def build_pair(dim: int, heads: int, seq: int, seed: int) -> tuple[torch.nn.Modu
     fast = copy.deepcopy(upstream)
     use_fast_slstm(fast)
     return upstream, fast
+
+
+class _CellOutput(torch.nn.Module):
+    """The cell's output (B, NH, S, DH) only, so both levels share the timing loop."""
+
+    def __init__(self, cell: torch.nn.Module):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cell(x)[0]
 
 
 def time_fwd_bwd(module: torch.nn.Module, x: torch.Tensor, repeats: int, budget_s: float) -> tuple[float, torch.Tensor]:
@@ -64,19 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=4, help="sLSTM heads (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per module, best kept (default 3)")
     parser.add_argument("--budget", type=float, default=60.0, help="stop repeating after this many seconds (default 60)")
+    parser.add_argument("--levels", nargs="+", choices=["cell", "block"], default=["cell", "block"],
+                        help="what to time (default: cell block)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"# one sLSTM block (cell + FFN), fwd+bwd, B={args.batch}, S={args.seq}, heads={args.heads}, float32")
-    print(f"{'d':>6} {'upstream s':>11} {'fast s':>9} {'speedup':>8} {'max |diff|':>11}", flush=True)
+    print(f"# fwd+bwd seconds (best of {args.repeats}), B={args.batch}, S={args.seq}, heads={args.heads}, float32")
+    print(f"{'level':>6} {'d':>6} {'upstream s':>11} {'fast s':>9} {'speedup':>8} {'max |diff|':>11}", flush=True)
     for dim in args.dims:
-        upstream, fast = build_pair(dim, args.heads, args.seq, args.seed)
-        x = torch.randn(args.batch, args.seq, dim, generator=torch.Generator().manual_seed(args.seed))
-        t_fast, y_fast = time_fwd_bwd(fast, x, args.repeats, args.budget)
-        t_up, y_up = time_fwd_bwd(upstream, x, args.repeats, args.budget)
-        diff = (y_fast - y_up).abs().max().item()
-        print(f"{dim:>6} {t_up:>11.3f} {t_fast:>9.3f} {t_up / t_fast:>7.1f}x {diff:>11.1e}", flush=True)
+        for level in args.levels:
+            upstream, fast = build_pair(level, dim, args.heads, args.seq, args.seed)
+            width = 4 * dim if level == "cell" else dim  # the cell takes the 4 gate pre-activations
+            x = torch.randn(args.batch, args.seq, width, generator=torch.Generator().manual_seed(args.seed))
+            t_fast, y_fast = time_fwd_bwd(fast, x, args.repeats, args.budget)
+            t_up, y_up = time_fwd_bwd(upstream, x, args.repeats, args.budget)
+            diff = (y_fast - y_up).abs().max().item()
+            row = f"{level:>6} {dim:>6} {t_up:>11.3f} {t_fast:>9.3f} {t_up / t_fast:>7.1f}x {diff:>11.1e}"
+            print(row, flush=True)
     return 0
 
 

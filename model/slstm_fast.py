@@ -23,11 +23,10 @@ cell's own ``_*_ext2int`` transform.
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 import torch
 import xlstm
 from torch import nn
+from torch.nn import functional as F
 from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellBase
 
 from model.errors import CheckpointError, PortfolioTrainerError
@@ -58,36 +57,48 @@ def check_xlstm_version() -> None:
         )
 
 
-def fast_slstm_forward(
-    x: torch.Tensor,
-    states: torch.Tensor,
-    R: torch.Tensor,
-    b: torch.Tensor,
-    pointwise: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    constants: dict,
-) -> torch.Tensor:
-    """Run the sLSTM recurrence over a sequence; same contract as upstream ``slstm_forward(...)[0]``.
+def _slstm_pointwise(
+    raw: torch.Tensor, y_c_n_m: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upstream's sLSTM gate step (``src/vanilla/slstm.py``) without stacking states and gates.
+
+    Same ops in the same order, including ``torch.minimum(., 1)`` and ``torch.max``, whose ties split
+    the gradient (upstream's gradients depend on that).  raw: (B, G*H); states: 4 x (B, H).
+    """
+    _, c, n, m = y_c_n_m
+    iraw, fraw, zraw, oraw = torch.unbind(raw.view(raw.shape[0], 4, -1), dim=1)  # 4 x (B, H)
+    logfplusm = m + F.logsigmoid(fraw)
+    # Upstream's test for "first step" (a zero normaliser): there the stabiliser starts at iraw.
+    mnew = iraw if torch.all(n == 0.0) else torch.max(iraw, logfplusm)
+    ogate = torch.sigmoid(oraw)
+    igate = torch.minimum(torch.exp(iraw - mnew), torch.ones_like(iraw))
+    fgate = torch.minimum(torch.exp(logfplusm - mnew), torch.ones_like(iraw))
+    cnew = fgate * c + igate * torch.tanh(zraw)
+    nnew = fgate * n + igate
+    ynew = ogate * cnew / nnew
+    return ynew, cnew, nnew, mnew
+
+
+def fast_slstm_forward(x: torch.Tensor, states: torch.Tensor, R: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Run the sLSTM recurrence over a sequence; same contract as upstream ``slstm_forward(...)[0]``
+    with upstream's "slstm" pointwise function.
 
     Parameters
     ----------
     x : Tensor, shape (S, B, G*H)
         Input pre-activations per step, gate-major (internal layout "SBGNH"); G = 4 gates,
         H = NH * DH hidden units.
-    states : Tensor, shape (NS, B, H)
+    states : Tensor, shape (4, B, H)
         Initial states (y, c, n, m); only y enters the recurrence.
     R : Tensor, shape (NH, G*DH, DH)
         Recurrent kernel in the vanilla cell's internal layout: R[n, g*DH + j, i] maps input unit i
         of head n to output unit j of gate g.
     b : Tensor, shape (G*H,)
         Bias in the vanilla internal layout (gate-major).
-    pointwise : callable
-        Upstream's pointwise gate function (``slstm_pointwise_function_registry``).
-    constants : dict
-        Passed through to ``pointwise``.
 
     Returns
     -------
-    Tensor, shape (NS, S+1, B, H)
+    Tensor, shape (4, S+1, B, H)
         All states, the initial ones first.
     """
     _, batch, _ = x.shape
@@ -96,16 +107,17 @@ def fast_slstm_forward(
     # Transpose once per sequence (not once per batch element and step, as upstream's broadcast).
     r_in_out = R.transpose(1, 2).contiguous()  # (NH, DH_in, G*DH_out)
     state_dtype = states.dtype
-    history = [states]
+    current = tuple(states.unbind(dim=0))  # 4 x (B, H): no per-step stack of states or gates
+    history = [current]
     for wx_t in x.unbind(dim=0):  # wx_t: (B, G*H)
-        y = states[0].reshape(batch, num_heads, head_dim).transpose(0, 1)  # (NH, B, DH)
+        y = current[0].reshape(batch, num_heads, head_dim).transpose(0, 1)  # (NH, B, DH)
         ry = torch.bmm(y, r_in_out)  # (NH, B, G*DH)
         ry = ry.reshape(num_heads, batch, num_gates, head_dim).permute(1, 2, 0, 3)  # (B, G, NH, DH)
-        ry = ry.reshape(batch, -1)  # (B, G*H), gate-major like wx_t and b
-        states, _ = pointwise(wx_t, ry, b, states, constants=constants)  # (NS, B, H)
-        states = states.to(dtype=state_dtype)
-        history.append(states)
-    return torch.stack(history, dim=1)  # (NS, S+1, B, H)
+        raw = wx_t + ry.reshape(batch, -1) + b  # (B, G*H), gate-major; upstream's order of sums
+        current = tuple(s.to(dtype=state_dtype) for s in _slstm_pointwise(raw, current))
+        history.append(current)
+    per_state = [torch.stack(seq, dim=0) for seq in zip(*history)]  # 4 x (S+1, B, H)
+    return torch.stack(per_state, dim=0)  # (4, S+1, B, H)
 
 
 class FastsLSTMCell(sLSTMCell_vanilla):
@@ -116,9 +128,7 @@ class FastsLSTMCell(sLSTMCell_vanilla):
     """
 
     def _impl(self, training: bool, input: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return fast_slstm_forward(
-            input, state, self._recurrent_kernel, self._bias, self.pointwise, self.config.constants
-        )
+        return fast_slstm_forward(input, state, self._recurrent_kernel, self._bias)
 
 
 def use_fast_slstm(module: nn.Module) -> int:
@@ -132,6 +142,11 @@ def use_fast_slstm(module: nn.Module) -> int:
     switched = 0
     for name, sub in module.named_modules():
         if type(sub) is sLSTMCell_vanilla:
+            if sub.config.function != "slstm" or sub.config.constants:
+                raise TypeError(
+                    f"{name}: the fast step implements upstream's 'slstm' function without constants, "
+                    f"got function={sub.config.function!r}, constants={sub.config.constants!r}."
+                )
             sub.__class__ = FastsLSTMCell
             switched += 1
         elif isinstance(sub, sLSTMCellBase) and not isinstance(sub, FastsLSTMCell):

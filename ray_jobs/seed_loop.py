@@ -59,7 +59,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point.  ``loop_config``: config (dict), seed, run_dir, panel_path."""
     import ray.train.torch  # noqa: F401  (get_device / prepare_model)
 
-    from data import WindowSource, prepare
+    from data import prepare
     from model.network import XLSTMPortfolio
 
     cfg = config_from_dict(loop_config["config"], "<train loop config>")
@@ -68,7 +68,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device(cfg)
     prepared = prepare(cfg, loop_config.get("panel_path"))
-    source = WindowSource.from_prepared(prepared, device=device)
+    source = prepared.window_source(device)
     seed_everything(seed)  # before the model is built: same init on every rank
     model = XLSTMPortfolio(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
@@ -145,7 +145,7 @@ def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepar
         return
     payload = dict(
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=state.epoch, seed=seed,
-        state=asdict(state), normalizer=prepared.normalizer.state_dict(),
+        state=asdict(state), normalizer=prepared.normalizer.to_dict(),
         data_fingerprint=prepared.panel.fingerprint, metrics=metrics,
     )
     save_checkpoint(run_dir / "latest.pt", model, cfg, **payload)

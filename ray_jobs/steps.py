@@ -91,7 +91,7 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     start = tick = time.perf_counter()
     batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=True, dtypes=torch.int64)
     for step, batch in enumerate(batches, start=1):
-        x, r_daily, r_horizon = source.gather(batch["t"].to(source.device))
+        x, r_daily, r_horizon = source.gather(batch["t"].to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
         terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir)
         for key in LOSS_KEYS:
@@ -123,8 +123,8 @@ def predict_moments(cfg: Config, model, source, indices: np.ndarray):
     model.eval()
     parts = []
     for chunk in np.array_split(indices, max(1, int(np.ceil(len(indices) / cfg.training.batch_size)))):
-        x, _, _ = source.gather(torch.as_tensor(chunk, dtype=torch.int64, device=source.device))
-        with autocast(cfg, source.device):
+        x, _, _ = source.gather(torch.as_tensor(chunk, dtype=torch.int64, device=source.features.device))
+        with autocast(cfg, source.features.device):
             parts.append([t.float() for t in model.predict_moments(x)])
     return [torch.cat(ts) for ts in zip(*parts)]
 
@@ -136,7 +136,7 @@ def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str 
     idx = rebalance_indices(split_indices, h)
     mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
     weights, w_prev = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
-    _, r_daily, r_horizon = source.gather(torch.as_tensor(idx, dtype=torch.int64, device=source.device))
+    _, r_daily, r_horizon = source.gather(torch.as_tensor(idx, dtype=torch.int64, device=source.features.device))
     losses = compute_losses(
         mu, cov_factor, cov_diag, weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, h,

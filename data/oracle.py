@@ -1,0 +1,199 @@
+"""Reference Sharpe ratios on the synthetic panel: the oracle, a linear probe and 1/N.
+
+``python -m data.oracle --config CONFIG`` prints, per split, the annualised Sharpe ratio of
+
+- **oracle**: knows the true conditional mean and covariance of the next ``horizon`` days
+  (:class:`data.synthetic.SyntheticTruth`) and solves, with cvxpy + Clarabel directly,
+  ``max mu'w - gamma w'Sigma w - c ||w - w_prev||_1`` s.t. ``1'w = 1`` and the constraints of
+  ``PortfolioConfig`` (long_only: 0 <= w <= max_weight; long_short: ||w||_1 <= leverage);
+- **probe**: the same problem with a past-only estimate: mu = a pooled ridge regression of the
+  horizon return on the 9 normalised features at t (fitted on the train split), Sigma = a
+  rank-8 + diagonal fit of the trailing 252 days' sample covariance; it shows how much of the
+  planted signal the features reveal (a trained model should reach at least this);
+- **1/N**: equal weights.
+
+Rebalances are non-overlapping, every ``horizon`` decision dates from the split's first one;
+each split starts from 1/N.  A period's net return is ``w' R - tc_rate * ||w - w_drift||_1``,
+with R the compounded horizon returns and ``w_drift`` the previous weights drifted by the previous
+period's returns.  Sharpe = mean / std (ddof=1) of the net period returns * sqrt(252 / horizon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import cvxpy as cp
+import numpy as np
+
+from data.splits import Splits, rebalance_indices
+from data.windows import horizon_returns, prepare
+from model.config import Config, PortfolioConfig, load_config
+from model.errors import DataError, SolverError
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy on one split: annualised Sharpe, return, vol; mean one-way turnover; rebalances."""
+
+    sharpe: float
+    ann_return: float
+    ann_vol: float
+    turnover: float
+    n_rebalances: int
+
+
+class MeanVarianceProblem:
+    """The portfolio problem as a parameterised cvxpy problem, reused across dates.
+
+    Sigma = L L^T + diag(sd^2) with L (N, K): a factor form keeps the problem DPP and small.
+    """
+
+    def __init__(self, n_factors: int, rank: int, pf: PortfolioConfig):
+        self.pf = pf
+        self.w = cp.Variable(n_factors)
+        self.mu, self.w_prev = cp.Parameter(n_factors), cp.Parameter(n_factors)
+        self.factor, self.sd = cp.Parameter((n_factors, rank)), cp.Parameter(n_factors, nonneg=True)
+        risk = cp.sum_squares(self.factor.T @ self.w) + cp.sum_squares(cp.multiply(self.sd, self.w))
+        objective = self.mu @ self.w - pf.risk_aversion * risk - pf.tc_rate * cp.norm1(self.w - self.w_prev)
+        cons = [cp.sum(self.w) == 1]
+        if pf.constraint == "long_only":
+            cons.append(self.w >= 0)
+            if pf.max_weight is not None:
+                cons.append(self.w <= pf.max_weight)
+        else:
+            cons.append(cp.norm1(self.w) <= pf.leverage)
+        self.problem = cp.Problem(cp.Maximize(objective), cons)
+
+    def solve(self, mu: np.ndarray, factor: np.ndarray, sd: np.ndarray, w_prev: np.ndarray) -> np.ndarray:
+        """Optimal weights (N,) for mu (N,), factor (N, K), sd (N,), w_prev (N,).  Checked feasible."""
+        self.mu.value, self.factor.value, self.sd.value, self.w_prev.value = mu, factor, sd, w_prev
+        self.problem.solve(solver=cp.CLARABEL)
+        if self.problem.status != cp.OPTIMAL or self.w.value is None:
+            raise SolverError(f"oracle problem status {self.problem.status!r} (Clarabel); expected 'optimal'.")
+        w = np.asarray(self.w.value, dtype=np.float64)
+        tol, pf = self.pf.feasibility_tol, self.pf
+        bad = abs(w.sum() - 1) > tol
+        if pf.constraint == "long_only":
+            bad |= w.min() < -tol or (pf.max_weight is not None and w.max() > pf.max_weight + tol)
+        else:
+            bad |= np.abs(w).sum() > pf.leverage + tol
+        if bad:
+            raise SolverError(f"oracle weights break the constraints by more than {tol} (sum {w.sum():.6f}).")
+        return w
+
+
+def run_policy(decide: Callable, r_horizon: np.ndarray, rebalances: np.ndarray, tc_rate: float, horizon: int) -> PolicyResult:
+    """Backtest ``decide(t, w_drift) -> w (N,)`` at the given decision indices."""
+    n = r_horizon.shape[1]
+    w_drift = np.full(n, 1.0 / n)
+    net, turnover = [], []
+    for t in rebalances:
+        w = decide(int(t), w_drift)  # (N,)
+        gross = float(w @ r_horizon[t])
+        turnover.append(float(np.abs(w - w_drift).sum()))
+        net.append(gross - tc_rate * turnover[-1])
+        w_drift = w * (1 + r_horizon[t]) / (1 + gross)  # (N,) weights after the period's returns
+    net_arr = np.asarray(net)
+    per_year = 252 / horizon
+    vol = float(net_arr.std(ddof=1))
+    return PolicyResult(
+        sharpe=float(net_arr.mean() / vol * np.sqrt(per_year)), ann_return=float(net_arr.mean() * per_year),
+        ann_vol=vol * np.sqrt(per_year), turnover=float(np.mean(turnover)), n_rebalances=len(net_arr),
+    )
+
+
+def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray, rank: int) -> Callable:
+    """Past-only policy: ridge on the features at t (train split) + trailing sample covariance."""
+    x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
+    h = prep.data_cfg.prediction_horizon
+    train = prep.splits.train
+    xt = x[train].reshape(-1, x.shape[-1])  # (n_train * N, F)
+    yt = r_horizon[train].reshape(-1)  # (n_train * N,)
+    xt1 = np.column_stack([np.ones(len(xt)), xt])
+    beta = np.linalg.solve(xt1.T @ xt1 + 1.0 * np.eye(xt1.shape[1]), xt1.T @ yt)  # (F + 1,)
+    returns = prep.panel.returns
+
+    def decide(t: int, w_drift: np.ndarray) -> np.ndarray:
+        mu = beta[0] + x[t] @ beta[1:]  # (N,)
+        past = returns[max(0, t - 251): t + 1]  # (<=252, N), dates <= t only
+        cov = np.cov(past, rowvar=False) * h  # (N, N)
+        vals, vecs = np.linalg.eigh(cov)
+        factor = vecs[:, -rank:] * np.sqrt(np.maximum(vals[-rank:], 0))  # (N, rank)
+        resid = np.maximum(np.diag(cov) - (factor**2).sum(1), 1e-12)  # (N,)
+        return problem.solve(mu, factor, np.sqrt(resid), w_drift)
+
+    return decide
+
+
+def policy_table(cfg: Config, panel_path: str | None = None, progress: bool = False) -> dict[str, dict[str, PolicyResult]]:
+    """{split: {"oracle" | "probe" | "equal": PolicyResult}} on the embedded synthetic panel.
+
+    A panel file (``panel_path`` or ``cfg.data.panel_path``) has no truth: only probe and 1/N.
+    """
+    from data.synthetic import SEED, generate
+
+    prep = prepare(cfg, panel_path)
+    h, n, pf = cfg.data.prediction_horizon, cfg.data.num_factors, cfg.portfolio
+    r_horizon = horizon_returns(prep.panel.returns, h)  # (T, N)
+    policies: dict[str, Callable] = {"equal": lambda t, w: np.full(n, 1.0 / n)}
+    policies["probe"] = _probe_policy(prep, MeanVarianceProblem(n, 8, pf), r_horizon, 8)
+    if (panel_path or cfg.data.panel_path) is None:
+        _, truth = generate(n, cfg.data.synthetic_years, SEED)
+        if not np.array_equal(truth.dates, prep.panel.dates):
+            raise DataError("the synthetic truth's dates differ from the cached panel's; delete the cache.")
+        mean, fvar, ivar = truth.moments(h)  # (T, N), (T, K), (T, N)
+        oracle = MeanVarianceProblem(n, truth.loadings.shape[1], pf)
+        policies["oracle"] = lambda t, w: oracle.solve(
+            mean[t], truth.loadings * np.sqrt(fvar[t]), np.sqrt(ivar[t]), w
+        )
+    table: dict[str, dict[str, PolicyResult]] = {}
+    for name, split in prep.splits.items():
+        reb = rebalance_indices(split, h)
+        table[name] = {}
+        for pol, decide in policies.items():
+            start = time.perf_counter()
+            table[name][pol] = run_policy(decide, r_horizon, reb, pf.tc_rate, h)
+            if progress:
+                print(f"  {name:5s} {pol:6s} {len(reb)} rebalances in {time.perf_counter() - start:.1f} s",
+                      file=sys.stderr, flush=True)
+    return table
+
+
+def format_table(table: dict[str, dict[str, PolicyResult]], splits: Splits | None = None) -> str:
+    pols = [p for p in ("oracle", "probe", "equal") if p in next(iter(table.values()))]
+    head = f"{'split':6s} {'rebal':>5s} " + " ".join(f"{p + ' SR':>10s}" for p in pols)
+    head += " " + " ".join(f"{p + ' turn':>11s}" for p in pols if p != "equal")
+    lines = [head]
+    for name, row in table.items():
+        any_res = next(iter(row.values()))
+        line = f"{name:6s} {any_res.n_rebalances:5d} " + " ".join(f"{row[p].sharpe:10.2f}" for p in pols)
+        line += " " + " ".join(f"{row[p].turnover:11.3f}" for p in pols if p != "equal")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.oracle",
+        description="Annualised net Sharpe of the oracle, a linear probe and 1/N on each split.",
+    )
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--data", default=None, help="panel Parquet (default: data.panel_path / synthetic)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    start = time.perf_counter()
+    table = policy_table(cfg, args.data, progress=True)
+    d, pf = cfg.data, cfg.portfolio
+    print(f"lookback {d.lookback_days}, horizon {d.prediction_horizon}, {pf.constraint}, max_weight "
+          f"{pf.max_weight}, gamma {pf.risk_aversion}, tc {pf.tc_rate}  ({time.perf_counter() - start:.1f} s)")
+    print(format_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

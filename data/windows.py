@@ -1,0 +1,199 @@
+"""Normalisation and windows: what a model sees for a decision at date index t.
+
+For a valid decision t (see :mod:`data.splits`):
+
+- input ``x``: normalised ``features[t-lookback+1 .. t]``, (lookback, n_factors, n_features):
+  dates <= t only, so nothing after t can reach a decision;
+- targets: the daily returns of days ``t+1 .. t+horizon``, (horizon, n_factors), and their
+  compounded horizon return ``prod(1 + r) - 1``, (n_factors,).
+
+:class:`Normalizer` standardises each feature with its mean / std over the dates of the training
+span (date index <= last train decision) and all factors.  :class:`WindowSource` keeps the
+normalised panel on a device once and gathers batches of windows with index arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data.panel import Panel, read_panel
+from data.splits import Splits, make_splits, splits_for  # noqa: F401  (make_splits re-exported)
+from model.config import Config, DataConfig
+from model.errors import DataError
+
+
+def horizon_returns(returns: np.ndarray, horizon: int) -> np.ndarray:
+    """Compounded returns over t+1..t+horizon for every t: (T, N) float64, NaN where t+horizon > T-1."""
+    t_len = len(returns)
+    growth = np.ones_like(returns)  # (T, N)
+    for k in range(1, horizon + 1):
+        growth[: t_len - k] *= 1 + returns[k:]
+    out = growth - 1
+    out[t_len - horizon:] = np.nan
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Normalizer:
+    """Per-feature standardisation fitted on the training span.
+
+    Attributes
+    ----------
+    mean, std : np.ndarray, float64, (F,)
+    feature_names : tuple of str, (F,)
+    fit_end : int
+        Last date index used for the fit (the last train decision index).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    feature_names: tuple[str, ...]
+    fit_end: int
+
+    @classmethod
+    def fit(cls, features: np.ndarray, fit_end: int, feature_names: tuple[str, ...]) -> "Normalizer":
+        """Fit on ``features[: fit_end + 1]`` (T, N, F).  Refuses a constant feature, naming it."""
+        span = features[: fit_end + 1].astype(np.float64)  # (fit_end + 1, N, F)
+        mean = span.mean(axis=(0, 1))  # (F,)
+        std = span.std(axis=(0, 1))  # (F,)
+        # A feature constant up to float32 rounding carries no information and would divide by ~0.
+        for k, name in enumerate(feature_names):
+            if std[k] <= 1e-6 * max(abs(mean[k]), 1e-6):
+                raise DataError(
+                    f"feature {name!r} is constant over the training span (dates index 0..{fit_end}; "
+                    f"std {std[k]:.3g}, mean {mean[k]:.6g}): it cannot be standardised. Drop the column "
+                    "or fix how it is computed."
+                )
+        return cls(mean, std, tuple(feature_names), int(fit_end))
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """(..., F) -> standardised float32 (..., F)."""
+        return ((features - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists) for checkpoints; :meth:`from_dict` inverts it."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(),
+                "feature_names": list(self.feature_names), "fit_end": self.fit_end}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalizer":
+        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64),
+                   tuple(d["feature_names"]), int(d["fit_end"]))
+
+
+class WindowSource:
+    """Normalised panel on one device; vectorised gathering of (input, targets) for decisions.
+
+    Parameters
+    ----------
+    panel : Panel
+    normalizer : Normalizer
+    lookback, horizon : int
+    device : str or torch.device
+    """
+
+    def __init__(self, panel: Panel, normalizer: Normalizer, lookback: int, horizon: int, device="cpu"):
+        if normalizer.feature_names != panel.feature_names:
+            raise DataError(
+                f"normalizer features {normalizer.feature_names} differ from the panel's {panel.feature_names}."
+            )
+        self.panel, self.normalizer = panel, normalizer
+        self.lookback, self.horizon = lookback, horizon
+        self.n_dates = len(panel.dates)
+        self.features = torch.as_tensor(normalizer.transform(panel.features), device=device)  # (T, N, F) f32
+        self.returns = torch.as_tensor(panel.returns, dtype=torch.float32, device=device)  # (T, N)
+        r_h = np.nan_to_num(horizon_returns(panel.returns, horizon))  # (T, N), 0 where undefined
+        self.horizon_returns = torch.as_tensor(r_h, dtype=torch.float32, device=device)  # (T, N)
+        self._x_offsets = torch.arange(-lookback + 1, 1, device=device)  # (L,)
+        self._y_offsets = torch.arange(1, horizon + 1, device=device)  # (h,)
+
+    @property
+    def first_decision(self) -> int:
+        return self.lookback - 1
+
+    @property
+    def last_decision(self) -> int:
+        return self.n_dates - 1 - self.horizon
+
+    def _check(self, idx: torch.Tensor) -> None:
+        if idx.ndim != 1 or idx.dtype != torch.long:
+            raise IndexError(f"gather needs a 1-D LongTensor of decision indices, got {tuple(idx.shape)} {idx.dtype}.")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < self.first_decision or hi > self.last_decision:
+            raise IndexError(
+                f"decision indices must lie in [{self.first_decision}, {self.last_decision}] (lookback "
+                f"{self.lookback}, horizon {self.horizon}, T {self.n_dates}); got min {lo}, max {hi}."
+            )
+
+    def gather(self, idx: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows and targets for decisions ``idx`` (B,).
+
+        Returns
+        -------
+        x : (B, L, N, F) float32, normalised features of dates t-L+1..t
+        r_daily : (B, h, N) float32, returns of days t+1..t+h
+        r_horizon : (B, N) float32, compounded return over t+1..t+h (computed in float64)
+        """
+        idx = idx.to(self.features.device)
+        if check and idx.numel():
+            self._check(idx)
+        x = self.features[idx[:, None] + self._x_offsets]  # (B, L, N, F)
+        r_daily = self.returns[idx[:, None] + self._y_offsets]  # (B, h, N)
+        return x, r_daily, self.horizon_returns[idx]  # (B, N)
+
+    def window_numpy(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slow reference for one decision t: (L, N, F) float32, (h, N) float64, (N,) float64."""
+        if not self.first_decision <= t <= self.last_decision:
+            raise IndexError(f"decision index {t} outside [{self.first_decision}, {self.last_decision}].")
+        x = np.stack([self.normalizer.transform(self.panel.features[d]) for d in range(t - self.lookback + 1, t + 1)])
+        r_daily = np.array(self.panel.returns[t + 1: t + self.horizon + 1])  # (h, N)
+        return x, r_daily, np.prod(1 + r_daily, axis=0) - 1
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """A validated panel with its splits and training-span normalizer."""
+
+    panel: Panel
+    splits: Splits
+    normalizer: Normalizer
+    data_cfg: DataConfig
+
+    def window_source(self, device="cpu") -> WindowSource:
+        d = self.data_cfg
+        return WindowSource(self.panel, self.normalizer, d.lookback_days, d.prediction_horizon, device)
+
+
+def load_panel(data_cfg: DataConfig, panel_path: str | None = None) -> Panel:
+    """``panel_path``, else ``data_cfg.panel_path``, else the embedded synthetic panel; validated."""
+    path = panel_path if panel_path is not None else data_cfg.panel_path
+    if path is not None:
+        return read_panel(path, data_cfg)
+    from data.build_panel import FEATURE_NAMES
+    from data.synthetic import load_synthetic_panel
+
+    if data_cfg.num_features != len(FEATURE_NAMES):
+        raise DataError(
+            f"the embedded synthetic panel has {len(FEATURE_NAMES)} features but data.num_features = "
+            f"{data_cfg.num_features}; set data.num_features: {len(FEATURE_NAMES)} or give data.panel_path."
+        )
+    panel = load_synthetic_panel(data_cfg.num_factors, data_cfg.synthetic_years)
+    splits_for(len(panel.dates), data_cfg)  # the too-few-dates check, as for a file
+    return panel
+
+
+def prepare(cfg: Config, panel_path: str | None = None) -> PreparedData:
+    """Load and validate the panel, cut the purged splits, fit the normalizer on train only.
+
+    Raises
+    ------
+    DataError
+        Any contract violation, too few dates, or a constant feature in the training span.
+    """
+    panel = load_panel(cfg.data, panel_path)
+    splits = splits_for(len(panel.dates), cfg.data)
+    normalizer = Normalizer.fit(panel.features, int(splits.train[-1]), panel.feature_names)
+    return PreparedData(panel, splits, normalizer, cfg.data)

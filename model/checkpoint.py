@@ -1,0 +1,189 @@
+"""Checkpoints that rebuild their model from the stored config alone.
+
+A checkpoint is one ``torch.save`` file holding a plain dict, loadable with
+``torch.load(path, weights_only=True)``:
+
+* ``format_version``: int (:data:`FORMAT_VERSION`);
+* ``config``: ``cfg.to_dict()`` of the run (plain nested dict);
+* ``model_state``: :func:`model.slstm_fast.neutral_state_dict` of the model, on the CPU, so the
+  sLSTM weights load into any backend (cuda kernel, fast, vanilla);
+* anything the caller passes as keyword arguments (optimizer / scheduler state dicts, epoch, seed,
+  normalisation stats, data fingerprint, metrics): plain values only (tensors, str, int, float,
+  bool, None, and dict / list / tuple of them); numpy values are refused with the key named.
+
+Files are written atomically (a temporary file in the same folder, fsync, ``os.replace``), so a
+crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from model.config import Config, config_from_dict
+from model.errors import CheckpointError, ConfigError
+from model.network import XLSTMPortfolio
+from model.slstm_fast import load_neutral_state_dict, neutral_state_dict
+
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_model", "load_neutral_state_dict"]
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+RESERVED_KEYS = ("format_version", "config", "model_state")
+# Exact types: subclasses (numpy.float64 is a float, a namedtuple a tuple) pickle by class
+# reference, which weights_only loading refuses.
+_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.Size, torch.dtype)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` cannot read back, naming the key."""
+    if type(value) in _PLAIN_SCALARS or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (dict, collections.OrderedDict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise CheckpointError(f"{where}: key {key!r} ({type(key).__name__}) must be a str or int.")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"{where} is a {type(value).__module__}.{type(value).__name__}, which torch.load(weights_only=True) "
+        "refuses. Store plain values: float(x) / int(x) for numpy scalars, torch.as_tensor(a) or "
+        "a.tolist() for arrays, a dict for objects."
+    )
+
+
+def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, **extra: Any) -> Path:
+    """Write a checkpoint atomically; returns its path.
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file; its folder is created if missing.
+    model : XLSTMPortfolio
+        The unwrapped model (not a torch.compile / DDP wrapper, whose keys carry prefixes).
+    cfg : Config
+        The config the model was built from.
+    **extra
+        Plain entries stored next to the model, e.g. optimizer=..., epoch=..., metrics=...
+
+    Raises
+    ------
+    CheckpointError
+        A wrapped model, a config that does not describe the model, a reserved key in ``extra``, or
+        an entry that weights_only loading would refuse.  Nothing is written then.
+    """
+    if not isinstance(model, XLSTMPortfolio):
+        raise CheckpointError(
+            f"save_checkpoint needs the XLSTMPortfolio itself, got {type(model).__name__}; pass the "
+            "module you built, not its torch.compile / DDP wrapper."
+        )
+    if _architecture(model.cfg) != _architecture(cfg):
+        raise CheckpointError("cfg does not describe this model (model / data-shape / portfolio sections differ).")
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
+    if clash:
+        raise CheckpointError(f"extra entries {clash} would overwrite reserved checkpoint keys {RESERVED_KEYS}.")
+    state = {k: v.detach().to("cpu") for k, v in neutral_state_dict(model).items()}
+    payload = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "model_state": state, **extra}
+    _check_plain(payload, "checkpoint")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left behind when the write failed
+    return path
+
+
+def _architecture(cfg: Config) -> tuple:
+    """The config parts that decide what the model computes (not the sLSTM kernel that runs it)."""
+    d = cfg.data
+    encoder = dataclasses.replace(cfg.model.encoder, slstm_backend="auto")
+    return (encoder, cfg.model.heads, d.lookback_days, d.num_factors, d.num_features, d.prediction_horizon, cfg.portfolio)
+
+
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; returns the stored dict.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, unreadable / corrupt / not weights-only, or of an unknown format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is corrupt or not a weights-only checkpoint: {reason}") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict.")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is unknown; this code reads format {FORMAT_VERSION} "
+            "(written by model.checkpoint.save_checkpoint)."
+        )
+    missing = [k for k in RESERVED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}.")
+    return payload
+
+
+def config_for_device(raw: dict, device: str) -> dict:
+    """A copy of a stored config dict whose runtime fields are valid on ``device``.
+
+    Only fields that do not change the parameters are touched: ``training.device`` (and, off
+    cuda, ``precision`` -> float32, ``compile`` -> false, ``gpus_per_worker`` -> 0), and an explicit
+    ``slstm_backend: cuda`` becomes ``auto`` off cuda (the weights are backend-neutral).
+    """
+    raw = copy.deepcopy(raw)
+    kind = torch.device(device).type
+    training = raw.setdefault("training", {})
+    if training.get("device") == kind:
+        return raw
+    training["device"] = kind
+    if kind == "cuda":
+        training["gpus_per_worker"] = training.get("gpus_per_worker") or 1.0
+    else:
+        training.update(precision="float32", compile=False, gpus_per_worker=0.0)
+        encoder = raw.get("model", {}).get("encoder", {})
+        if encoder.get("slstm_backend") == "cuda":
+            LOGGER.warning("checkpoint was built with slstm_backend=cuda; loading on %s with 'auto'", device)
+            encoder["slstm_backend"] = "auto"
+    return raw
+
+
+def load_model(path: Union[str, Path], device: str = "cpu") -> tuple[XLSTMPortfolio, dict]:
+    """Rebuild the model from a checkpoint's stored config and load its weights.
+
+    The stored config may name another device (e.g. an H100 run): its runtime fields are rewritten
+    for ``device`` (:func:`config_for_device`); the returned payload keeps the original config.
+    Returns ``(model in eval mode on device, payload)``; ``model.cfg`` is the rebuilt config.
+    """
+    payload = load_checkpoint(path, map_location="cpu")
+    try:
+        cfg = config_from_dict(config_for_device(payload["config"], device), f"{path} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the stored config no longer validates: {exc}") from exc
+    model = XLSTMPortfolio(cfg, device=device)
+    load_neutral_state_dict(model, payload["model_state"])
+    return model.eval(), payload

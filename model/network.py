@@ -1,0 +1,103 @@
+"""The end-to-end model: xLSTM encoder -> moment heads -> differentiable portfolio layer.
+
+x (B, L, N, F) --encoder--> h (B, H) --heads--> mu (B, N), cov_factor (B, N, k), cov_diag (B, N)
+--portfolio layer (float64)--> weights (B, N).
+
+The encoder and heads run in float32 (bf16 autocast possible on CUDA; the heads' outputs stay
+float32); the portfolio layer receives float64 copies and solves outside autocast.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from model.config import Config
+from model.encoder import XLSTMEncoder
+from model.heads import MomentHeads, check_shape
+from model.portfolio import PortfolioLayer
+
+
+class ModelOutput(NamedTuple):
+    """What one forward pass returns (a NamedTuple: fine for torch.compile and DDP)."""
+
+    mu: torch.Tensor
+    """(B, N) float32: expected simple returns over the horizon."""
+    cov_factor: torch.Tensor
+    """(B, N, k) float32: loadings B of Sigma = B B^T + diag(d)."""
+    cov_diag: torch.Tensor
+    """(B, N) float32: idiosyncratic variances d > 0."""
+    weights: torch.Tensor
+    """(B, N) float64: portfolio weights from the portfolio layer."""
+
+
+class XLSTMPortfolio(nn.Module):
+    """xLSTM portfolio model built from its config alone.
+
+    Parameters
+    ----------
+    cfg : Config
+        The whole run config (model, data shapes, portfolio, training.precision).
+    device : str
+        Where the model runs ("cpu", "cuda", "cuda:1", "mps"): picks the sLSTM backend, and the
+        model is moved there.  Refused (DeviceError) if unavailable.
+    """
+
+    def __init__(self, cfg: Config, device: str = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.n_assets, self.cov_rank = cfg.data.num_factors, cfg.model.heads.cov_rank
+        self.encoder = XLSTMEncoder(cfg, device)
+        self.heads = MomentHeads(
+            hidden_dim=cfg.model.encoder.hidden_dim,
+            n_assets=self.n_assets,
+            cov_rank=self.cov_rank,
+            min_variance=cfg.model.heads.min_variance,
+            horizon=cfg.data.prediction_horizon,
+        )
+        self.portfolio = PortfolioLayer(self.n_assets, self.cov_rank, cfg.portfolio)
+        self.to(device)
+
+    def predict_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Moments without the portfolio solve.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, L, N, F)
+
+        Returns
+        -------
+        mu (B, N), cov_factor (B, N, k), cov_diag (B, N), all float32.
+        """
+        h = self.encoder(x)  # (B, H)
+        return self.heads(h)
+
+    def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Moments and the portfolio chosen from them.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, L, N, F)
+            Feature windows (data before the decision date only).
+        w_prev : Tensor, shape (B, N), optional
+            Weights held before the rebalance (enter the transaction cost); None = equal weights 1/N.
+
+        Returns
+        -------
+        ModelOutput
+            mu, cov_factor, cov_diag (float32) and weights (B, N) float64.
+        """
+        mu, cov_factor, cov_diag = self.predict_moments(x)  # (B, N), (B, N, k), (B, N)
+        batch = mu.shape[0]
+        if w_prev is None:
+            w_prev = torch.full((batch, self.n_assets), 1.0 / self.n_assets, dtype=torch.float64, device=mu.device)
+        else:
+            check_shape("w_prev", w_prev, (batch, self.n_assets), hint="(batch, factors) like x")
+            w_prev = w_prev.to(device=mu.device, dtype=torch.float64)
+        # The solve is float64 and must not be autocast to bf16.
+        with torch.autocast(device_type=mu.device.type, enabled=False):
+            weights = self.portfolio(mu.double(), cov_factor.double(), cov_diag.double(), w_prev)  # (B, N)
+        check_shape("weights from the portfolio layer", weights, (batch, self.n_assets))
+        return ModelOutput(mu, cov_factor, cov_diag, weights)

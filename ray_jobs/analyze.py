@@ -1,0 +1,120 @@
+"""Tune experiment analysis of an ensemble run: per-seed table and training curves.
+
+  python -m ray_jobs.analyze runs/ensembles/xlstm_cpu_smoke [--out DIR]
+
+Reads the experiment with Tune's ``ExperimentAnalysis`` (no Ray cluster needed) and each seed's
+``finished.json``.  Writes ``seeds.csv``, ``seeds.md`` and ``curves.png`` to --out (default:
+EXPERIMENT_DIR/analysis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from model.errors import PortfolioTrainerError
+from ray_jobs.ensemble import SEEDS_DIR
+
+CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
+
+
+def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
+    """Per-seed DataFrame of every reported epoch, from Tune's own records."""
+    from ray.tune import ExperimentAnalysis
+
+    experiment_dir = Path(experiment_dir).resolve()
+    if not experiment_dir.is_dir():
+        raise PortfolioTrainerError(f"experiment folder {experiment_dir} does not exist.")
+    analysis = ExperimentAnalysis(str(experiment_dir))
+    frames = {}
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes.get(trial.path)
+        if df is None or df.empty:
+            df = pd.DataFrame(columns=["epoch", *CURVES])
+        frames[int(trial.config["seed"])] = df.sort_values("epoch") if "epoch" in df else df
+    if not frames:
+        raise PortfolioTrainerError(f"{experiment_dir} holds no trials.")
+    return dict(sorted(frames.items()))
+
+
+def seed_table(experiment_dir: Path) -> pd.DataFrame:
+    """One row per seed: best val_sharpe, its epoch, epochs run, stop reason, best checkpoint."""
+    rows = []
+    for seed, df in trial_frames(experiment_dir).items():
+        run_dir = Path(experiment_dir).resolve() / SEEDS_DIR / f"seed_{seed}"
+        marker = run_dir / "finished.json"
+        info = json.loads(marker.read_text()) if marker.exists() else {}
+        best = df.loc[df["val_sharpe"].idxmax()] if "val_sharpe" in df and len(df) else None
+        rows.append({
+            "seed": seed,
+            "best_val_sharpe": float(best["val_sharpe"]) if best is not None else math.nan,
+            "best_epoch": int(best["epoch"]) if best is not None else -1,
+            "epochs_run": int(df["epoch"].max()) if "epoch" in df and len(df) else 0,
+            "stop_reason": info.get("stop_reason", "did not finish"),
+            "best_checkpoint": info.get("best_checkpoint", str(run_dir / "best.pt")),
+        })
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(frames: dict[int, pd.DataFrame], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    for ax, key in zip(axes.flat, CURVES):
+        for seed, df in frames.items():
+            if key in df and len(df):
+                ax.plot(df["epoch"], df[key], marker="o", ms=3, label=f"seed {seed}")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Ensemble training curves per seed")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def analyze(experiment_dir: Path, out: Path | None = None) -> pd.DataFrame:
+    experiment_dir = Path(experiment_dir).resolve()
+    out = Path(out or experiment_dir / "analysis").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table = seed_table(experiment_dir)
+    table.to_csv(out / "seeds.csv", index=False)
+    (out / "seeds.md").write_text(f"# Ensemble {experiment_dir.name}\n\n" + to_markdown(table))
+    plot_curves(trial_frames(experiment_dir), out / "curves.png")
+    print(table.to_string(index=False))
+    print(f"\nwrote {out / 'seeds.csv'}, {out / 'seeds.md'}, {out / 'curves.png'}")
+    return table
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.analyze", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment_dir", help="the ensemble's experiment folder (STORAGE/NAME)")
+    p.add_argument("--out", default=None, help="output folder (default: EXPERIMENT_DIR/analysis)")
+    args = p.parse_args(argv)
+    try:
+        analyze(Path(args.experiment_dir), args.out)
+    except PortfolioTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

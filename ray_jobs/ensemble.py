@@ -1,0 +1,152 @@
+"""Train the ensemble: one Ray Tune trial per seed, each running that seed's TorchTrainer.
+
+  python -m ray_jobs.ensemble --config configs/model_config_cpu_smoke.yaml --storage runs/ens
+  ray job submit --working-dir . -- python -m ray_jobs.ensemble --config ... --storage /abs/path
+
+``Tuner(TorchTrainer)`` is refused by Ray 2.60 (Train V2), so each trial is a light function that
+builds and fits a TorchTrainer reporting to Tune through ``TuneReportCallback``.  Early stopping is
+patience on ``val_sharpe`` inside each seed's loop: no scheduler compares seeds (ASHA would prune a
+seed for being worse than another, which is wrong for an ensemble).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model.config import Config, check_device, config_from_dict, load_config
+from model.errors import ConfigError, PortfolioTrainerError
+
+# The trial function only waits on its TorchTrainer: a sliver of a CPU, not a whole one.
+TRIAL_DRIVER_CPU = 0.01
+SEEDS_DIR = "seeds"
+
+
+def seed_trial(trial_config: dict) -> None:
+    """Tune trainable: fit the TorchTrainer of one seed.  Returns nothing (a dict would be a result)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_jobs.seed_run import build_trainer
+
+    cfg = config_from_dict(trial_config["config"], "<ensemble trial config>")
+    trainer = build_trainer(
+        cfg, int(trial_config["seed"]), Path(trial_config["seeds_dir"]), trial_config["train_indices"],
+        panel_path=trial_config["panel_path"], callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
+    from ray import tune
+
+    trainable = tune.with_resources(seed_trial, {"CPU": TRIAL_DRIVER_CPU})
+    param_space = {
+        "seed": tune.grid_search([int(s) for s in seeds]),
+        "config": cfg.to_dict(),
+        "seeds_dir": str(experiment_dir / SEEDS_DIR),
+        "train_indices": [int(t) for t in train_indices],
+        "panel_path": panel_path,
+    }
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric="val_sharpe", mode="max", num_samples=1,
+            max_concurrent_trials=cfg.ensemble.max_concurrent or None,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_dir.name,
+            storage_path=str(experiment_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=cfg.ensemble.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def restore_tuner(experiment_dir: Path):
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(experiment_dir)):
+        raise ConfigError(f"--resume: {experiment_dir} holds no Tune experiment to restore; drop --resume to start one.")
+    trainable = tune.with_resources(seed_trial, {"CPU": TRIAL_DRIVER_CPU})
+    return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.ensemble", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML config")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: ensemble.seeds)")
+    p.add_argument("--storage", default=None, help="storage root (default: ensemble.storage_path)")
+    p.add_argument("--name", default=None, help="experiment name (default: ensemble.name)")
+    p.add_argument("--data", default=None, help="Parquet factor panel (default: the embedded synthetic panel)")
+    p.add_argument("--resume", action="store_true", help="restore an interrupted experiment and finish it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set training.device=cpu")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    return p.parse_args(argv)
+
+
+def experiment_path(cfg: Config, args) -> Path:
+    return Path(args.storage or cfg.ensemble.storage_path).resolve() / (args.name or cfg.ensemble.name)
+
+
+def run(args) -> Path:
+    cfg = load_config(args.config, args.overrides)
+    seeds = tuple(args.seeds) if args.seeds else cfg.ensemble.seeds
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {list(seeds)}: seeds must be distinct.")
+    experiment_dir = experiment_path(cfg, args)
+    if experiment_dir.exists() and not args.resume and any(experiment_dir.iterdir()):
+        raise ConfigError(
+            f"{experiment_dir} already holds an experiment; pass --resume to finish it, or choose another --name."
+        )
+    if not os.environ.get("RAY_ADDRESS"):
+        check_device(cfg.training.device)
+    from data import prepare
+
+    panel_path = args.data or cfg.data.panel_path
+    prepared = prepare(cfg, panel_path)  # validates the panel before any seed starts
+    print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
+          f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
+    from ray_jobs.ray_cluster import ray_session
+    from ray_jobs.seed_run import check_cluster_devices
+
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    with ray_session(experiment_dir, num_cpus=args.num_cpus):
+        check_cluster_devices(cfg)
+        if args.resume:
+            tuner = restore_tuner(experiment_dir)
+        else:
+            tuner = build_tuner(cfg, seeds, experiment_dir, prepared.splits.train, panel_path)
+        grid = tuner.fit()
+    return _summarise(grid, experiment_dir)
+
+
+def _summarise(grid, experiment_dir: Path) -> Path:
+    from ray_jobs.analyze import seed_table
+
+    errors = [r.error for r in grid if r.error is not None]
+    table = seed_table(experiment_dir)
+    print("\n" + table.to_string(index=False))
+    if errors:
+        raise PortfolioTrainerError(f"{len(errors)} seed(s) failed; first error: {errors[0]}")
+    print(f"\nexperiment: {experiment_dir}\nanalyse:    python -m ray_jobs.analyze {experiment_dir}")
+    return experiment_dir
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except PortfolioTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

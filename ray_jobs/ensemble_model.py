@@ -1,0 +1,120 @@
+"""Load an ensemble's best checkpoints and turn its members into one portfolio.
+
+Combination rule (documented in docs/ensemble.md): the members' expected returns are averaged,
+and so are their covariances.  The average of ``Sigma_m = B_m B_m^T + diag(d_m)`` over M members
+is again a factor model: ``B = [B_1, ..., B_M] / sqrt(M)`` (rank M*k) and ``d = mean(d_m)``.  One
+portfolio solve on (mean mu, mean Sigma) gives the ensemble's weights, under the same constraints
+and transaction cost as training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_model
+from model.config import Config
+from model.errors import CheckpointError
+from model.portfolio import PortfolioLayer
+from ray_jobs.evaluation import chain_solves
+from ray_jobs.seed_run import FINISHED
+
+SEEDS_DIR = "seeds"
+
+
+def best_checkpoints(experiment_dir: Path) -> dict[int, Path]:
+    """seed -> best.pt of every seed run in the experiment (by its own best val_sharpe)."""
+    seeds_dir = Path(experiment_dir).resolve() / SEEDS_DIR
+    found = {}
+    for run_dir in sorted(seeds_dir.glob("seed_*")):
+        best = run_dir / "best.pt"
+        if best.exists():
+            found[int(run_dir.name.split("_", 1)[1])] = best
+    if not found:
+        raise CheckpointError(
+            f"no best.pt under {seeds_dir}/seed_*: is {experiment_dir} an ensemble experiment "
+            "(python -m ray_jobs.ensemble --storage ... --name ...)?"
+        )
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class Ensemble:
+    """The members (eval mode, on ``device``) and their shared config / normaliser / data id."""
+
+    members: dict[int, torch.nn.Module]
+    cfg: Config
+    normalizer: dict
+    data_fingerprint: str
+    device: torch.device
+
+    @classmethod
+    def load(cls, experiment_dir: Path, device: str = "cpu") -> "Ensemble":
+        """Best checkpoint of each seed, on any device (an H100 checkpoint loads on CPU)."""
+        members, payloads = {}, {}
+        for seed, path in best_checkpoints(experiment_dir).items():
+            model, payload = load_model(path, device=device)
+            members[seed], payloads[seed] = model.eval(), payload
+        first = next(iter(payloads.values()))
+        for seed, payload in payloads.items():
+            if payload["data_fingerprint"] != first["data_fingerprint"]:
+                raise CheckpointError(
+                    f"seed {seed} was trained on other data ({payload['data_fingerprint'][:12]} vs "
+                    f"{first['data_fingerprint'][:12]}): an ensemble needs one panel."
+                )
+        cfg = next(iter(members.values())).cfg
+        return cls(members, cfg, first["normalizer"], first["data_fingerprint"], torch.device(device))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.members)
+
+    @torch.no_grad()
+    def member_moments(self, x: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """x (B, L, N, F) -> seed -> (mu (B, N), cov_factor (B, N, k), cov_diag (B, N))."""
+        return {seed: tuple(t.double() for t in m.predict_moments(x)) for seed, m in self.members.items()}
+
+    @staticmethod
+    def combine(moments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Average mu and Sigma of the members; Sigma stays in factor form (rank M*k)."""
+        mus, factors, diags = zip(*moments.values())
+        m = len(mus)
+        mu = torch.stack(mus).mean(0)  # (B, N)
+        cov_factor = torch.cat(factors, dim=-1) / math.sqrt(m)  # (B, N, M*k)
+        cov_diag = torch.stack(diags).mean(0)  # (B, N)
+        return mu, cov_factor, cov_diag
+
+    def layer(self, rank: int) -> PortfolioLayer:
+        key = f"_layer_{rank}"
+        if not hasattr(self, key):
+            setattr(self, key, PortfolioLayer(self.cfg.data.num_factors, rank, self.cfg.portfolio))
+        return getattr(self, key)
+
+    @torch.no_grad()
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Chained rebalances over the decision windows x (K, L, N, F), in time order -> (K, N)."""
+        mu, cov_factor, cov_diag = self.combine(self.member_moments(x))
+        layer = self.layer(cov_factor.shape[-1])
+        weights, _ = chain_solves(layer, mu, cov_factor, cov_diag, self.cfg.portfolio.tc_rate)
+        return weights
+
+    @torch.no_grad()
+    def member_weights(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Each member's own chained weights (K, N), for the backtest's comparison."""
+        out = {}
+        for seed, (mu, cov_factor, cov_diag) in self.member_moments(x).items():
+            out[seed], _ = chain_solves(self.layer(cov_factor.shape[-1]), mu, cov_factor, cov_diag, self.cfg.portfolio.tc_rate)
+        return out
+
+
+def load_finished(experiment_dir: Path) -> dict[int, dict]:
+    out = {}
+    for run_dir in sorted((Path(experiment_dir) / SEEDS_DIR).glob("seed_*")):
+        if (run_dir / FINISHED).exists():
+            out[int(run_dir.name.split("_", 1)[1])] = json.loads((run_dir / FINISHED).read_text())
+    return out

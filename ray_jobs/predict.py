@@ -1,0 +1,69 @@
+"""Portfolio weights from a trained ensemble.
+
+  python -m ray_jobs.predict --experiment runs/ensembles/NAME --date 2024-06-28 --out weights.parquet
+  python -m ray_jobs.predict --experiment runs/ensembles/NAME --split test --out test_weights.parquet
+
+The output is long: one row per (date, factor) with a ``weight`` column; each date's weights sum
+to 1.  For a split, rebalances are every ``horizon`` days, each trading from the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model.errors import DataError, PortfolioTrainerError
+from ray_jobs.inference import EnsembleInputs
+
+
+def predict(experiment: Path, out: Path, data=None, date=None, split=None, device="cpu", force=False):
+    out = Path(out)
+    if out.exists() and not force:
+        raise DataError(f"--out {out} already exists; pass --force to replace it, or choose another path.")
+    inputs = EnsembleInputs.load(Path(experiment), data, device)
+    if date is not None:
+        indices = np.array([inputs.decision_for_date(date)])
+    else:
+        indices = inputs.split_rebalances(split)
+    weights = inputs.ensemble.weights(inputs.windows(indices)).cpu().numpy()  # (K, N)
+    sums = weights.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        bad = int(np.argmax(np.abs(sums - 1.0)))
+        raise PortfolioTrainerError(f"weights of {inputs.panel.dates[indices[bad]]} sum to {sums[bad]:.8f}, not 1.")
+    frame = inputs.long_frame(indices, weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, out)  # never leave a half-written file behind
+    print(f"ensemble of seeds {inputs.ensemble.seeds}: {len(indices)} date(s) x {weights.shape[1]} factors -> {out}")
+    if len(indices) == 1:
+        top = frame.sort_values("weight", ascending=False).head(5)
+        print(f"top weights on {frame['date'].iloc[0]}:\n{top.to_string(index=False)}")
+    return frame
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="ensemble experiment folder (STORAGE/NAME)")
+    p.add_argument("--data", default=None, help="Parquet factor panel (default: the one in the config, else the embedded panel)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--date", help="decision date (the last panel date on or before it is used)")
+    which.add_argument("--split", choices=["train", "val", "test"], help="every rebalance of a split")
+    p.add_argument("--out", required=True, help="output Parquet (date, factor, weight)")
+    p.add_argument("--device", default="cpu", help="device to run the members on (default cpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    args = p.parse_args(argv)
+    try:
+        predict(Path(args.experiment), Path(args.out), args.data, args.date, args.split, args.device, args.force)
+    except PortfolioTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
