@@ -86,18 +86,17 @@ def numeric_column(col: pa.ChunkedArray, name: str, dates, factors, codes) -> np
     typ = col.type
     if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
         return col.cast(pa.float64()).to_numpy().astype(np.float64, copy=False)
-    hint = f"column {name!r} has type {typ}; it must be numeric (float)."
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         raw = pd.Series(col.to_numpy(zero_copy_only=False))
         bad = pd.to_numeric(raw, errors="coerce").isna() & raw.notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column {name!r} has non-numeric value {raw[i]!r} on date {dates[i]}, factor "
-                f"{factors[codes[i]]!r}; {hint}"
+                f"column {name!r} (type {typ}) has non-numeric value {raw[i]!r} on date {dates[i]}, factor "
+                f"{factors[codes[i]]!r}; it must be numeric (float)."
             )
-        raise DataError(f"{hint} It holds numbers stored as text: write them as float.")
-    raise DataError(f"non-numeric values: {hint}")
+        raise DataError(f"column {name!r} holds numbers stored as text (type {typ}); write it as float.")
+    raise DataError(f"column {name!r} has non-numeric type {typ}; it must be numeric (float).")
 
 
 def check_finite(values: np.ndarray, name: str, dates, factors, codes) -> None:
@@ -107,10 +106,11 @@ def check_finite(values: np.ndarray, name: str, dates, factors, codes) -> None:
         bad |= np.abs(values) > FLOAT32_MAX
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        v = values[i]
+        kind = "NaN (or missing)" if np.isnan(v) else "inf" if np.isinf(v) else f"{v:g}, beyond float32"
         raise DataError(
-            f"column {name!r} has {int(bad.sum())} NaN/inf/missing values (or values beyond float32); the "
-            f"first on date {dates[i]}, factor {factors[codes[i]]!r} (value {values[i]!r}). Fill or drop "
-            "them before training."
+            f"column {name!r} has {int(bad.sum())} bad value(s) (NaN, missing, inf or beyond float32); the first "
+            f"is {kind} on date {dates[i]}, factor {factors[codes[i]]!r}. Fill or drop them before training."
         )
 
 

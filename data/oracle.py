@@ -8,7 +8,7 @@
   ``PortfolioConfig`` (long_only: 0 <= w <= max_weight; long_short: ||w||_1 <= leverage);
 - **probe**: the same problem with a past-only estimate: mu = a pooled ridge regression of the
   horizon return on the 9 normalised features at t (fitted on the train split), Sigma = a
-  rank-8 + diagonal fit of the trailing 252 days' sample covariance; it shows how much of the
+  one-factor (equal-weight market) + diagonal model of the trailing 252 days' returns; it shows how much of the
   planted signal the features reveal (a trained model should reach at least this);
 - **1/N**: equal weights.
 
@@ -106,8 +106,8 @@ def run_policy(decide: Callable, r_horizon: np.ndarray, rebalances: np.ndarray, 
     )
 
 
-def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray, rank: int) -> Callable:
-    """Past-only policy: ridge on the features at t (train split) + trailing sample covariance."""
+def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> Callable:
+    """Past-only policy: ridge on the features at t (train split) + a trailing one-factor risk model."""
     x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
     h = prep.data_cfg.prediction_horizon
     train = prep.splits.train
@@ -120,19 +120,25 @@ def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray, ran
     def decide(t: int, w_drift: np.ndarray) -> np.ndarray:
         mu = beta[0] + x[t] @ beta[1:]  # (N,)
         past = returns[max(0, t - 251): t + 1]  # (<=252, N), dates <= t only
-        cov = np.cov(past, rowvar=False) * h  # (N, N)
-        vals, vecs = np.linalg.eigh(cov)
-        factor = vecs[:, -rank:] * np.sqrt(np.maximum(vals[-rank:], 0))  # (N, rank)
-        resid = np.maximum(np.diag(cov) - (factor**2).sum(1), 1e-12)  # (N,)
+        dev = past - past.mean(axis=0)  # (n_obs, N)
+        market = dev.mean(axis=1)  # (n_obs,) equal-weight market
+        var_m = market @ market  # sums of squares: the 1 / (n_obs - 1) cancels in beta
+        betas = dev.T @ market / var_m  # (N,)
+        scale = h / (len(past) - 1)
+        resid = np.maximum((dev**2).sum(axis=0) - betas**2 * var_m, 1e-12) * scale  # (N,)
+        factor = (betas * np.sqrt(var_m * scale))[:, None]  # (N, 1)
         return problem.solve(mu, factor, np.sqrt(resid), w_drift)
 
     return decide
 
 
-def policy_table(cfg: Config, panel_path: str | None = None, progress: bool = False) -> dict[str, dict[str, PolicyResult]]:
+def policy_table(
+    cfg: Config, panel_path: str | None = None, probe: bool = True, progress: bool = False
+) -> dict[str, dict[str, PolicyResult]]:
     """{split: {"oracle" | "probe" | "equal": PolicyResult}} on the embedded synthetic panel.
 
     A panel file (``panel_path`` or ``cfg.data.panel_path``) has no truth: only probe and 1/N.
+    ``probe=False`` skips the probe (half the time).
     """
     from data.synthetic import SEED, generate
 
@@ -140,7 +146,8 @@ def policy_table(cfg: Config, panel_path: str | None = None, progress: bool = Fa
     h, n, pf = cfg.data.prediction_horizon, cfg.data.num_factors, cfg.portfolio
     r_horizon = horizon_returns(prep.panel.returns, h)  # (T, N)
     policies: dict[str, Callable] = {"equal": lambda t, w: np.full(n, 1.0 / n)}
-    policies["probe"] = _probe_policy(prep, MeanVarianceProblem(n, 8, pf), r_horizon, 8)
+    if probe:
+        policies["probe"] = _probe_policy(prep, MeanVarianceProblem(n, 1, pf), r_horizon)
     if (panel_path or cfg.data.panel_path) is None:
         _, truth = generate(n, cfg.data.synthetic_years, SEED)
         if not np.array_equal(truth.dates, prep.panel.dates):

@@ -120,7 +120,12 @@ def _read_table(path: Path) -> pa.Table:
     if not path.is_file():
         raise DataError(f"panel path {str(path)!r} is not a file.")
     try:
-        return pq.read_table(path)
+        pfile = pq.ParquetFile(path)
+        names = pfile.schema_arrow.names
+        dup = [c for i, c in enumerate(names) if c in names[:i]]
+        if dup:  # checked on the schema: the reader itself chokes on duplicate names
+            raise DataError(f"panel file {str(path)!r}: column {dup[0]!r} appears twice; each column name must be unique.")
+        return pfile.read()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"panel file {str(path)!r} is not a readable Parquet file ({exc}).") from None
 
@@ -130,9 +135,6 @@ def _check_columns(table: pa.Table, path: Path, data_cfg: DataConfig | None) -> 
     names = table.column_names
     if table.num_rows == 0:
         raise DataError(f"panel file {str(path)!r} is empty (0 rows, columns {names}); rebuild it.")
-    dup = [c for i, c in enumerate(names) if c in names[:i]]
-    if dup:
-        raise DataError(f"panel file {str(path)!r}: column {dup[0]!r} appears twice; each column name must be unique.")
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise DataError(

@@ -104,7 +104,7 @@ class WindowSource:
         self.lookback, self.horizon = lookback, horizon
         self.n_dates = len(panel.dates)
         self.features = torch.as_tensor(normalizer.transform(panel.features), device=device)  # (T, N, F) f32
-        self.returns = torch.as_tensor(panel.returns, dtype=torch.float32, device=device)  # (T, N)
+        self.returns = torch.tensor(panel.returns, dtype=torch.float32, device=device)  # (T, N), a copy
         r_h = np.nan_to_num(horizon_returns(panel.returns, horizon))  # (T, N), 0 where undefined
         self.horizon_returns = torch.as_tensor(r_h, dtype=torch.float32, device=device)  # (T, N)
         self._x_offsets = torch.arange(-lookback + 1, 1, device=device)  # (L,)

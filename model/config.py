@@ -58,6 +58,7 @@ class ModelConfig:
     """``model`` section."""
 
     encoder: EncoderConfig
+    """The xLSTM block stack."""
     heads: HeadsConfig = field(default_factory=HeadsConfig)
 
 
@@ -112,8 +113,11 @@ class TrainingConfig:
     """``training`` section."""
 
     batch_size: int
+    """Global batch (windows per optimiser step, split across num_workers)."""
     max_epochs: int
+    """Upper bound on epochs; patience usually stops a seed earlier."""
     learning_rate: float
+    """AdamW learning rate (peak of the schedule)."""
     device: Literal["cpu", "cuda", "mps"]
     """Refused at start when not available; never replaced by another device."""
     precision: Literal["float32", "bfloat16"] = "float32"
@@ -121,9 +125,13 @@ class TrainingConfig:
     compile: bool = False
     """torch.compile the encoder (CUDA only)."""
     alpha_return: float = 1.0
+    """Weight of the return loss (MSE of predicted vs realised horizon returns)."""
     beta_cov: float = 0.5
+    """Weight of the covariance loss (Gaussian NLL of realised horizon returns under Sigma)."""
     gamma_sharpe: float = 2.0
+    """Weight of minus the annualised Sharpe of the batch's realised portfolio returns."""
     lambda_tc: float = 0.0
+    """Weight of the transaction-cost term (tc_rate x turnover against the previous weights)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip_norm: float = 1.0
@@ -139,6 +147,7 @@ class TrainingConfig:
     num_workers: int = 1
     """Ray Train workers per seed (> 1 = data parallel)."""
     cpus_per_worker: float = 1.0
+    """CPUs reserved per Ray Train worker."""
     gpus_per_worker: float = 0.0
     """GPU fraction per worker, e.g. 0.2 packs 5 seeds on one GPU."""
     output_dir: str = "runs/train"
@@ -150,6 +159,7 @@ class EnsembleConfig:
     """``ensemble`` section: Ray Tune over seeds."""
 
     seeds: tuple[int, ...] = (42, 123, 456, 789, 1024)
+    """One model per seed; the seed fixes initialisation and dropout streams."""
     name: str = "xlstm_ensemble"
     """Experiment name (stable, no timestamps: Tuner.restore needs it)."""
     storage_path: str = "runs/ensembles"

@@ -41,7 +41,9 @@ class QPSettings:
     risk_aversion: float
     tc_rate: float
     tol: float = 1e-9
-    """Interior-point stop: residuals and mean complementarity of the scaled problem."""
+    """Interior-point stop: primal and dual residuals of the scaled problem (data O(1))."""
+    gap_tol: float = 1e-12
+    """Interior-point stop: mean complementarity; small enough to tell active rows apart."""
     max_iter: int = 60
     """Iteration cap; reaching it raises SolverError (never returns an unconverged point)."""
 
@@ -307,7 +309,8 @@ class InteriorPoint:
         rd, rp, rL, rb = res = self.residuals(S)
         primal = torch.maximum(rp.abs().flatten(1).amax(1), torch.maximum(rL.abs(), rb.abs()))
         worst = torch.stack([primal, rd.abs().flatten(1).amax(1), self.gap(S)], 1)  # (B, 3)
-        return (worst <= self.st.tol).all(1), worst, res
+        done = (worst[:, :2] <= self.st.tol).all(1) & (worst[:, 2] <= self.st.gap_tol)
+        return done, worst, res
 
     def solve(self) -> IPMState:
         """Iterate until every element converges; raises SolverError at the iteration cap."""
@@ -347,5 +350,5 @@ def _not_converged(done: torch.Tensor, worst: torch.Tensor, st: QPSettings) -> S
     return SolverError(
         f"torch portfolio solver: batch element {i} (of {len(bad)} failing: {bad[:8]}) did not converge"
         f" in {st.max_iter} interior-point iterations: primal residual {p:.2e}, dual residual {r:.2e},"
-        f" complementarity {g:.2e} (tolerance {st.tol:.0e}, scaled problem).{hint}"
+        f" complementarity {g:.2e} (tolerances {st.tol:.0e} / {st.gap_tol:.0e}, scaled problem).{hint}"
     )

@@ -29,10 +29,10 @@ from model.qp_torch import InteriorPoint, IPMState, QPSettings, scale_problem
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
-DUAL_TOL = 1e-6
+DUAL_TOL = 1e-8
 """Certificate: subgradient condition of the scaled problem (its data are O(1))."""
-BREAK_TOL = 1e-12
-"""A polished weight this close to a breakpoint counts as sitting on it."""
+MAX_PASSES = 30
+"""Active-set steps after the interior point before giving up (typically 1-3 are used)."""
 
 
 @dataclass
@@ -40,9 +40,19 @@ class ActiveSet:
     free: torch.Tensor  # (B, n) bool: on a linear piece of its cost
     value: torch.Tensor  # (B, n) fixed value (0 / max_weight / w_prev), 0 where free
     at_prev: torch.Tensor  # (B, n) bool: fixed at the no-trade kink w_prev
-    slope: torch.Tensor  # (B, n) +-1 = side of w_prev of a free weight (0 without costs)
-    E: torch.Tensor  # (B, m, n) equality rows on w: budget [, sign(w) if the leverage binds]
-    e: torch.Tensor  # (B, m) their right-hand sides
+    slope: torch.Tensor  # (B, n) side of w_prev of a free weight, +-1 (0 without costs / fixed)
+    sign: torch.Tensor  # (B, n) side of 0 of a free weight (long_short), sign(value) if fixed
+    lev: torch.Tensor  # (B,) bool: the leverage row binds (long_short)
+
+    def rows(self, leverage: float, long_short: bool):
+        """Equality rows E (B, m, n) on w and their right-hand sides e (B, m) given the fixed values."""
+        ones = torch.ones_like(self.value)
+        E, e = [ones], [1.0 - self.value.sum(1)]
+        if long_short:
+            lev = self.lev.to(self.value.dtype)  # (B,)
+            E.append(self.sign * lev.unsqueeze(1))
+            e.append((leverage - (self.sign * self.value).sum(1)) * lev)
+        return torch.stack(E, 1), torch.stack(e, 1)
 
 
 def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
@@ -57,7 +67,8 @@ def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
 
     Returns
     -------
-    x : (B, n) zero on fixed assets, y : (B, m) multipliers (minimum norm if rows are redundant).
+    x : (B, n) zero on fixed assets, y : (B, m) multipliers (minimum norm if rows are redundant),
+    schur : (B, m, m) the rows' Schur complement (singular = multipliers not determined).
     """
     fr = free.to(F.dtype)  # (B, n)
     Ff = F * fr.unsqueeze(-1)  # (B, n, k)
@@ -73,7 +84,7 @@ def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
     Xr, XE = X[..., :1], X[..., 1:]
     schur = Ef @ XE  # (B, m, m) PSD; singular when a row vanishes on the free set
     y = torch.linalg.pinv(schur, rtol=1e-12, hermitian=True) @ (Ef @ Xr - rhs_e.unsqueeze(-1))
-    return (Xr - XE @ y).squeeze(-1), y.squeeze(-1)
+    return (Xr - XE @ y).squeeze(-1), y.squeeze(-1), schur
 
 
 def _q_times(F, d, v):
@@ -81,70 +92,201 @@ def _q_times(F, d, v):
     return d * v + (F @ (F.transpose(1, 2) @ v.unsqueeze(-1))).squeeze(-1)
 
 
+def _side(x, right: bool):
+    """Slope of |x| just right (or left) of x, as float +-1."""
+    return torch.where(x >= 0 if right else x > 0, 1.0, -1.0)
+
+
 def classify(ipm: InteriorPoint, S: IPMState) -> ActiveSet:
-    """Active set of a converged interior point: a row is active where its multiplier > slack."""
+    """Active set of a converged interior point.
+
+    A row is active where its multiplier exceeds its slack.  An asset with several active
+    breakpoints (0, max_weight, the kink w_prev; they can nearly coincide) is fixed at the one
+    nearest its interior-point weight.
+    """
     lay, st, wp = ipm.lay, ipm.st, ipm.p.w_prev
     act = S.z > S.s  # (B, n, J)
-    fixed = torch.zeros_like(wp, dtype=torch.bool)
-    value = torch.zeros_like(wp)
+    w = S.x[..., 0]  # (B, n)
+    cand, where_ = [], []  # candidate fixed values and where they are active
     if "lo" in lay.row:
-        fixed = act[..., lay.row["lo"]]
+        cand.append(torch.zeros_like(w)), where_.append(act[..., lay.row["lo"]])
     if "hi" in lay.row:
-        hi = act[..., lay.row["hi"]] & ~fixed
-        fixed, value = fixed | hi, torch.where(hi, torch.full_like(value, st.max_weight), value)
-    if lay.ls:
-        fixed = fixed | (act[..., lay.row["ls+"]] & act[..., lay.row["ls-"]])  # kink of |w| at 0
-    at_prev = torch.zeros_like(fixed)
-    slope = torch.zeros_like(value)
+        cand.append(torch.full_like(w, st.max_weight)), where_.append(act[..., lay.row["hi"]])
+    if lay.ls:  # the kink of |w| at 0
+        cand.append(torch.zeros_like(w)), where_.append(act[..., lay.row["ls+"]] & act[..., lay.row["ls-"]])
+    if lay.tc:
+        cand.append(wp), where_.append(act[..., lay.row["tc+"]] & act[..., lay.row["tc-"]])
+    values, active = torch.stack(cand, -1), torch.stack(where_, -1)  # (B, n, c)
+    dist = torch.where(active, (values - w.unsqueeze(-1)).abs(), torch.inf)
+    pick = dist.argmin(-1, keepdim=True)  # (B, n, 1)
+    fixed = active.any(-1)
+    value = torch.where(fixed, values.gather(-1, pick).squeeze(-1), 0.0)
+    at_prev = fixed & (pick.squeeze(-1) == len(cand) - 1) if lay.tc else torch.zeros_like(fixed)
+    slope, sign = torch.zeros_like(value), torch.sign(value)
     if lay.tc:
         zp, zm = S.z[..., lay.row["tc+"]], S.z[..., lay.row["tc-"]]
-        at_prev = act[..., lay.row["tc+"]] & act[..., lay.row["tc-"]] & ~fixed
-        fixed, value = fixed | at_prev, torch.where(at_prev, wp, value)
         slope = torch.where(fixed, 0.0, torch.where(zp >= zm, 1.0, -1.0))
-    ones = torch.ones_like(value)
-    E, e = [ones], [ones[:, 0] - value.sum(1)]
+    lev = torch.zeros_like(fixed[:, 0])
     if lay.ls:
-        lev = (S.zL > S.sL).to(value.dtype).unsqueeze(1)  # (B, 1) leverage binds
         zp, zm = S.z[..., lay.row["ls+"]], S.z[..., lay.row["ls-"]]
-        sign = torch.where(fixed, torch.sign(value), torch.where(zp >= zm, 1.0, -1.0))  # (B, n)
-        E.append(sign * lev)
-        e.append((st.leverage - (sign * value).sum(1)) * lev[:, 0])
-    return ActiveSet(~fixed, value, at_prev, slope, torch.stack(E, 1), torch.stack(e, 1))
+        sign = torch.where(fixed, torch.sign(value), torch.where(zp >= zm, 1.0, -1.0))
+        lev = S.zL > S.sL
+    return ActiveSet(~fixed, value, at_prev, slope, sign, lev)
 
 
-def polish(ipm: InteriorPoint, A: ActiveSet) -> torch.Tensor:
-    """Exact minimiser on the active set (B, n) (scaled problem; w does not depend on scale)."""
-    p = ipm.p
+def polish(ipm: InteriorPoint, A: ActiveSet):
+    """Exact minimiser on the active set (scaled problem; w does not depend on the scale).
+
+    Returns w (B, n), multipliers (lambda, nu) (B, 2) and whether the free set determines
+    them (B,) bool (not when no asset is free, or the rows coincide on the free set).
+    """
+    p, ls = ipm.p, ipm.lay.ls
     rhs = p.mu - p.c * A.slope - _q_times(p.F, p.d, A.value)  # (B, n)
-    x, _ = solve_active_kkt(p.F, p.d, A.free, A.E, rhs, A.e)
-    return x + A.value
+    E, e = A.rows(ipm.st.leverage, ls)
+    x, y, schur = solve_active_kkt(p.F, p.d, A.free, E, rhs, e)
+    ok = schur[:, 0, 0] > 1e-12 * schur[:, 0, 0].abs().amax().clamp_min(1e-300)
+    if ls:
+        det = schur[:, 0, 0] * schur[:, 1, 1] - schur[:, 0, 1] * schur[:, 1, 0]
+        ok = ok & (~A.lev | (det > 1e-10 * schur[:, 0, 0] * schur[:, 1, 1]))
+    else:
+        y = torch.cat([y, torch.zeros_like(y)], 1)
+    return x + A.value, y, ok
 
 
-def certify(ipm: InteriorPoint, S: IPMState, w: torch.Tensor):
-    """KKT violation of a polished point: (primal (B,), dual (B,)) in weight / scaled units.
+def _segment(ipm: InteriorPoint, A: ActiveSet):
+    """Interval (lower, upper) (B, n) of the linear piece a free weight was assumed to lie on."""
+    st, wp = ipm.st, ipm.p.w_prev
+    lower, upper = torch.full_like(wp, -torch.inf), torch.full_like(wp, torch.inf)
+    if st.long_only:
+        lower = torch.zeros_like(wp)
+        if st.max_weight is not None:
+            upper = torch.full_like(wp, st.max_weight)
+    if ipm.lay.tc:
+        lower = torch.where(A.slope > 0, torch.maximum(lower, wp), lower)
+        upper = torch.where(A.slope < 0, torch.minimum(upper, wp), upper)
+    if ipm.lay.ls:
+        lev = A.lev.unsqueeze(1)
+        lower = torch.where(lev & (A.sign > 0), lower.clamp_min(0.0), lower)
+        upper = torch.where(lev & (A.sign < 0), upper.clamp_max(0.0), upper)
+    return lower, upper
 
-    Dual: g = mu - Q w - lambda must lie in [left, right] slope of asset i's cost at w_i
-    (bounds give -inf / +inf, the kinks |w - w_prev| and nu |w| give both sides).
-    lambda and nu come from the interior point (exact up to its tolerance).
+
+def _subgradient(ipm: InteriorPoint, b: torch.Tensor, nu: torch.Tensor):
+    """[left, right] slopes (B, n) of each asset's cost at exact breakpoints b (bounds: +-inf)."""
+    p, st = ipm.p, ipm.st
+    left, right = torch.zeros_like(b), torch.zeros_like(b)
+    if ipm.lay.tc:
+        left = left + p.c * _side(b - p.w_prev, False)
+        right = right + p.c * _side(b - p.w_prev, True)
+    if ipm.lay.ls:
+        left = left + nu * _side(b, False)
+        right = right + nu * _side(b, True)
+    else:
+        left = torch.where(b <= 0, -torch.inf, left)
+        if st.max_weight is not None:
+            right = torch.where(b >= st.max_weight, torch.inf, right)
+    return left, right
+
+
+def _free_towards(ipm: InteriorPoint, A: ActiveSet, go_right, go_left):
+    """Slopes and signs of fixed weights freed towards the side their subgradient pulls to."""
+    b, wp = A.value, ipm.p.w_prev
+    slope = torch.where(go_right, _side(b - wp, True), -_side(b - wp, False)) * ipm.lay.tc
+    sign = torch.where(go_right, _side(b, True), -_side(b, False))
+    moved = go_right | go_left
+    return torch.where(moved, slope, A.slope), torch.where(moved, sign, A.sign)
+
+
+def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor):
+    """One step of a primal active-set method (per element, batched).
+
+    Move from w_cur (on the face of A) towards the face minimiser w_pol; if a free weight hits
+    the end of its linear piece first, stop there and fix it (the objective only decreases, so
+    this cannot cycle).  If w_pol is reached, free the fixed weights whose subgradient condition
+    fails.  Leverage: the row is dropped when its multiplier is negative and added when
+    sum |w| > leverage.
+
+    Returns the new (A, w_cur, w_pol), whether the element is done (B,) and its KKT violations.
     """
     p, st, lay = ipm.p, ipm.st, ipm.lay
-    g = p.mu - _q_times(p.F, p.d, w) - S.y.unsqueeze(1)  # (B, n)
-    left, right = torch.zeros_like(w), torch.zeros_like(w)
-    if lay.tc:
-        x = w - p.w_prev
-        left = left + p.c * torch.where(x > BREAK_TOL, 1.0, -1.0)
-        right = right + p.c * torch.where(x >= -BREAK_TOL, 1.0, -1.0)
-    budget = (w.sum(1) - 1.0).abs()
+    w_pol, y, y_ok = polish(ipm, A)
+    lower, upper = _segment(ipm, A)
+    delta = w_pol - w_cur  # (B, n)
+    out = A.free & ((w_pol < lower - PRIMAL_TOL) | (w_pol > upper + PRIMAL_TOL))
+    room = torch.where(delta < 0, lower - w_cur, upper - w_cur) / torch.where(delta == 0, 1.0, delta)
+    ratio = torch.where(out, room.clamp_min(0.0), torch.inf)  # (B, n)
+    alpha = ratio.amin(1).clamp_max(1.0)  # (B,)
+    blocked = alpha < 1.0
+    hit = out & (ratio <= alpha.unsqueeze(1) * (1 + 1e-12) + 1e-300) & blocked.unsqueeze(1)
+    w_cur = torch.where(blocked.unsqueeze(1), w_cur + alpha.unsqueeze(1) * delta, w_pol)
+    value = torch.where(hit, torch.where(delta < 0, lower, upper), A.value)
+    w_cur = torch.where(hit, value, w_cur)
+
+    lam = torch.where(y_ok, y[:, 0], S.y)  # (B,) the interior point's multipliers when the
+    nu = torch.where(A.lev, torch.where(y_ok, y[:, 1], S.zL), 0.0)  # free set leaves them open
+    g = p.mu - _q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n) must lie in the subgradient
+    left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
+    fixed, reached = ~A.free, ~blocked.unsqueeze(1)
+    excess = torch.where(fixed & reached, torch.maximum(left - g, g - right), 0.0)  # (B, n)
+    # Free only the worst weight per step: freeing several at once can cycle at degenerate points.
+    worst = excess == excess.amax(1, keepdim=True)
+    go_right = worst & (g > right + DUAL_TOL) & fixed & reached
+    go_left = worst & (g < left - DUAL_TOL) & fixed & reached
+    primal = torch.where(A.free, torch.maximum(lower - w_pol, w_pol - upper).clamp_min(0.0), 0.0).amax(1)
+    dual = torch.where(fixed, torch.maximum(left - g, g - right).clamp_min(0.0), 0.0).amax(1)
+    dual = torch.maximum(dual, (-nu).clamp_min(0.0))
+    lev_on, lev_off = torch.zeros_like(A.lev), A.lev & (nu < -DUAL_TOL) & ~blocked
     if lay.ls:
-        nu = S.zL.unsqueeze(1)  # (B, 1)
-        left = left + nu * torch.where(w > BREAK_TOL, 1.0, -1.0)
-        right = right + nu * torch.where(w >= -BREAK_TOL, 1.0, -1.0)
-        primal = torch.maximum(budget, (w.abs().sum(1) - st.leverage).clamp_min(0.0))
-    else:
-        left = torch.where(w <= BREAK_TOL, -torch.inf, left)
-        primal = torch.maximum(budget, (-w).clamp_min(0.0).amax(1))
-        if st.max_weight is not None:
-            right = torch.where(w >= st.max_weight - BREAK_TOL, torch.inf, right)
-            primal = torch.maximum(primal, (w - st.max_weight).clamp_min(0.0).amax(1))
-    dual = torch.maximum(left - g, g - right).clamp_min(0.0).amax(1)
-    return primal, dual
+        gross = w_pol.abs().sum(1) - st.leverage
+        primal = torch.maximum(primal, gross.clamp_min(0.0))
+        lev_on = ~A.lev & (gross > PRIMAL_TOL) & ~blocked
+
+    slope, sign = _free_towards(ipm, A, go_right, go_left)
+    free = (A.free & ~hit) | go_right | go_left
+    value = torch.where(free, 0.0, value)
+    hard = torch.zeros_like(free)
+    if st.long_only:
+        hard = (value == 0) | ((value == st.max_weight) if st.max_weight is not None else hard)
+    at_prev = ~free & lay.tc & (value == p.w_prev) & ~hard
+    slope = torch.where(free, slope, 0.0)
+    sign = torch.where(free, sign, torch.sign(value))
+    sign = torch.where(lev_on.unsqueeze(1) & free, _side(w_cur, True), sign)
+    lev = (A.lev | lev_on) & ~lev_off
+    done = ~blocked & ~(go_right | go_left).any(1) & ~lev_on & ~lev_off
+    return ActiveSet(free, value, at_prev, slope, sign, lev), w_cur, w_pol, done, primal, dual
+
+
+def solve_exact(ipm: InteriorPoint, S: IPMState):
+    """Polish a converged interior point to the exact optimum and certify it (KKT).
+
+    Returns w (B, n) and its certified active set; raises SolverError naming the element if the
+    active set cannot be settled in MAX_PASSES steps.
+    """
+    A = classify(ipm, S)
+    lower, upper = _segment(ipm, A)
+    w_cur = torch.where(A.free, torch.minimum(torch.maximum(S.x[..., 0], lower), upper), A.value)
+    w_done, A_done = torch.zeros_like(w_cur), A
+    finished = torch.zeros_like(A.lev)
+    for _ in range(MAX_PASSES):
+        A_next, w_cur, w_pol, done, primal, dual = step(ipm, S, A, w_cur)
+        new = done & ~finished  # keep each element's first certified polish
+        w_done = torch.where(new.unsqueeze(1), w_pol, w_done)
+        A_done = _merge(new, A, A_done)
+        finished = finished | done
+        if bool(finished.all()):
+            return w_done, A_done
+        A = A_next
+    i = int((~finished).nonzero()[0, 0])
+    raise SolverError(
+        f"torch portfolio solver: batch element {i} (of {int((~finished).sum())}): the active set"
+        f" did not settle in {MAX_PASSES} steps after the interior point (KKT violation: primal"
+        f" {float(primal[i]):.1e}, dual {float(dual[i]):.1e}; nearly degenerate problem)."
+        " Use portfolio.solver = cvxpylayers for this data, or report it with the inputs."
+    )
+
+
+def _merge(pick: torch.Tensor, a: ActiveSet, b: ActiveSet) -> ActiveSet:
+    """Per element: a where pick (B,) else b."""
+    def sel(x, y):
+        return torch.where(pick.view(-1, *([1] * (x.dim() - 1))), x, y)
+    return ActiveSet(*(sel(getattr(a, f), getattr(b, f)) for f in ("free", "value", "at_prev", "slope", "sign", "lev")))

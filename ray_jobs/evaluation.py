@@ -10,7 +10,7 @@ way.  Conventions (also in docs/training.md):
 * ``turnover_k = 0.5 * ||w_k - w_prev_k||_1`` (one-way); ``cost_k = tc_rate * ||w_k - w_prev_k||_1``
   (every unit bought or sold pays ``tc_rate``, as in the optimisation's cost term).
 * ``net_k = w_k . r_k - cost_k`` with ``r_k`` the compounded horizon return of each factor.
-* Sharpe = mean(net) / std(net, ddof=1) * sqrt(252 / horizon) (annualised; 0 when std is 0).
+* Sharpe = mean(net) / std(net, ddof=1) * sqrt(252 / horizon) (annualised; 0 when std < 1e-12).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def annualised_sharpe(net: np.ndarray, horizon: int) -> float:
     if net.size < 2:
         raise ValueError(f"a Sharpe ratio needs >= 2 rebalances, got {net.size}")
     std = net.std(ddof=1)
-    if std == 0.0:
+    if std < 1e-12:  # constant returns: no risk measured, no Sharpe
         return 0.0
     return float(net.mean() / std * math.sqrt(TRADING_DAYS / horizon))
 

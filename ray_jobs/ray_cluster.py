@@ -73,6 +73,9 @@ def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[i
     """Yield the address of a running Ray cluster; stop it afterwards if we started it."""
     import ray
 
+    if ray.is_initialized():  # e.g. a test's cluster: use it, leave it running
+        yield ray.get_runtime_context().gcs_address
+        return
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining the Ray cluster at RAY_ADDRESS=%s", address)

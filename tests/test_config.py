@@ -119,3 +119,15 @@ def test_unavailable_device_is_refused_by_name():
         with pytest.raises(DeviceError, match="'mps'.*not available"):
             check_device("mps")
     assert check_device("cpu") == "cpu"
+
+
+def test_config_reference_doc_matches_the_code():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    fresh = subprocess.run(
+        [sys.executable, str(root / "docs" / "gen_configs_md.py")], capture_output=True, text=True,
+        check=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""},
+    ).stdout
+    assert fresh == (root / "docs" / "configs.md").read_text(), "run: python docs/gen_configs_md.py > docs/configs.md"

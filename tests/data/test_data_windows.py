@@ -1,0 +1,133 @@
+"""Windows: no look-ahead, targets and inputs equal independent computations, train-only normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import small_cfg
+from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
+from data.panel import Panel, write_panel
+from data.windows import Normalizer, WindowSource, prepare
+from model.errors import DataError
+
+L, H = 10, 3  # lookback and horizon of small_cfg()
+
+
+def _prepare_from(returns_wide: pd.DataFrame, tmp_path, name: str):
+    path = tmp_path / f"{name}.parquet"
+    write_panel(compute_features(returns_wide), path)
+    return prepare(small_cfg(), str(path))
+
+
+def test_gather_equals_window_numpy(panel_file):
+    src = prepare(small_cfg(), str(panel_file)).window_source()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(src.first_decision, src.last_decision + 1, (64,), generator=gen)
+    x, r_daily, r_h = src.gather(idx)
+    assert x.shape == (64, L, 6, 9) and r_daily.shape == (64, H, 6) and r_h.shape == (64, 6)
+    assert x.dtype == r_daily.dtype == r_h.dtype == torch.float32
+    for b, t in enumerate(idx.tolist()):
+        xn, rn, rhn = src.window_numpy(t)
+        np.testing.assert_array_equal(x[b].numpy(), xn)
+        np.testing.assert_allclose(r_daily[b].numpy(), rn, rtol=1e-7)
+        np.testing.assert_allclose(r_h[b].numpy(), rhn, rtol=1e-6, atol=1e-9)
+
+
+def test_gather_refuses_invalid_indices(panel_file):
+    src = prepare(small_cfg(), str(panel_file)).window_source()
+    with pytest.raises(IndexError, match=r"decision indices must lie in \[9, "):
+        src.gather(torch.tensor([8]))
+    with pytest.raises(IndexError, match=r"must lie in"):
+        src.gather(torch.tensor([src.n_dates - H]))
+
+
+def test_inputs_and_targets_equal_pandas(returns_wide, long_panel, panel_file):
+    prep = prepare(small_cfg(), str(panel_file))
+    src = prep.window_source()
+    dates = prep.panel.dates
+    fit_end_date = pd.Timestamp(dates[prep.splits.train[-1]])
+    span = long_panel[long_panel["date"] <= fit_end_date][list(FEATURE_NAMES)].astype("float64")
+    mean, std = span.mean(), span.std(ddof=0)
+    for t in (prep.splits.train[0], prep.splits.val[3], prep.splits.test[-1]):
+        x, r_daily, r_h = (a[0].numpy() for a in src.gather(torch.tensor([int(t)])))
+        first, last = pd.Timestamp(dates[t - L + 1]), pd.Timestamp(dates[t])
+        window = long_panel[(long_panel["date"] >= first) & (long_panel["date"] <= last)]
+        expect = ((window[list(FEATURE_NAMES)] - mean) / std).to_numpy().reshape(L, 6, 9)
+        np.testing.assert_allclose(x, expect, rtol=1e-4, atol=1e-5)
+        row = t + WARMUP_DAYS  # the same date in the wide input table
+        future = returns_wide.iloc[row + 1: row + H + 1]
+        assert future.index[0] > pd.Timestamp(dates[t])
+        np.testing.assert_allclose(r_daily, future.to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(r_h, (future + 1).prod().to_numpy() - 1, rtol=1e-5, atol=1e-9)
+
+
+def test_no_look_ahead_through_the_whole_pipeline(returns_wide, tmp_path):
+    """Changing returns after t leaves the input at t unchanged (bitwise); changing them at t does not."""
+    base = _prepare_from(returns_wide, tmp_path, "base")
+    t = int(base.splits.test[5])
+    row = t + WARMUP_DAYS
+    later = returns_wide.copy()
+    later.iloc[row + 1:] = -later.iloc[row + 1:] * 2 + 0.003
+    changed_later = _prepare_from(later, tmp_path, "later")
+    x0, r0, _ = base.window_source().gather(torch.tensor([t]))
+    x1, r1, _ = changed_later.window_source().gather(torch.tensor([t]))
+    assert torch.equal(x0, x1)
+    assert not torch.equal(r0, r1)  # the targets do see the change: it is their days
+    at_t = returns_wide.copy()
+    at_t.iloc[row] += 0.01
+    x2, _, _ = _prepare_from(at_t, tmp_path, "at_t").window_source().gather(torch.tensor([t]))
+    assert not torch.equal(x0[0, -1], x2[0, -1]) and torch.equal(x0[0, :-1], x2[0, :-1])
+
+
+def test_no_look_ahead_in_the_window_source(panel_file):
+    """Same check on the panel arrays: any feature or return after t is invisible to x at t."""
+    prep = prepare(small_cfg(), str(panel_file))
+    p, t = prep.panel, int(prep.splits.val[0])
+    feats, rets = p.features.copy(), p.returns.copy()
+    feats[t + 1:] = 99.0
+    rets[t + 1:] = 0.5
+    other = Panel.from_arrays(p.dates, p.factors, p.feature_names, feats, rets)
+    a = WindowSource(p, prep.normalizer, L, H).gather(torch.tensor([t]))
+    b = WindowSource(other, prep.normalizer, L, H).gather(torch.tensor([t]))
+    assert torch.equal(a[0], b[0])
+    feats[t, 0, 0] += 1.0
+    moved = Panel.from_arrays(p.dates, p.factors, p.feature_names, feats, rets)
+    c = WindowSource(moved, prep.normalizer, L, H).gather(torch.tensor([t]))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_normalizer_sees_the_training_span_only(panel_file):
+    prep = prepare(small_cfg(), str(panel_file))
+    end = int(prep.splits.train[-1])
+    assert prep.normalizer.fit_end == end
+    feats = prep.panel.features.copy()
+    feats[end + 1:] = feats[end + 1:] * 5 + 3
+    same = Normalizer.fit(feats, end, prep.panel.feature_names)
+    np.testing.assert_array_equal(same.mean, prep.normalizer.mean)
+    np.testing.assert_array_equal(same.std, prep.normalizer.std)
+    feats[end] += 1.0
+    moved = Normalizer.fit(feats, end, prep.panel.feature_names)
+    assert (moved.mean != prep.normalizer.mean).all()
+    assert Normalizer.from_dict(prep.normalizer.to_dict()).to_dict() == prep.normalizer.to_dict()
+
+
+@pytest.mark.parametrize("const_until_end", [False, True])
+def test_constant_feature_in_training_span_is_refused(tmp_path, long_panel, const_until_end):
+    df = long_panel.copy()
+    dates = np.sort(df["date"].unique())
+    # constant over the training span; with const_until_end=False it varies later, which must not help
+    cutoff = dates[-1] if const_until_end else dates[int(len(dates) * 0.75)]
+    df.loc[df["date"] <= cutoff, "vol_ratio_5_21"] = np.float32(0.25)
+    write_panel(df, tmp_path / "const.parquet")
+    with pytest.raises(DataError, match=r"feature 'vol_ratio_5_21' is constant over the training span"):
+        prepare(small_cfg(), str(tmp_path / "const.parquet"))
+
+
+def test_prepare_prefers_the_argument_over_the_config(panel_file, tmp_path):
+    cfg = small_cfg(f"data.panel_path={tmp_path / 'missing.parquet'}")
+    with pytest.raises(DataError, match=r"does not exist"):
+        prepare(cfg)
+    assert prepare(cfg, str(panel_file)).panel.shape[1:] == (6, 9)
