@@ -52,24 +52,10 @@ def run(args: argparse.Namespace) -> int:
     panel_path = args.data or cfg.data.panel_path
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device)  # the local cluster is this machine
-    from ray_jobs.seed_run import build_trainer, read_finished, refuse_finished, seed_run_name
+    from ray_jobs.seed_run import seed_run_name, train_one_seed
 
+    info, _ = train_one_seed(cfg, seed, output, panel_path, num_cpus=args.num_cpus)
     run_dir = output / seed_run_name(seed)
-    refuse_finished(run_dir)
-    from data import prepare
-
-    prepared = prepare(cfg, panel_path)  # validates the panel before anything trains
-    print(f"panel: {prepared.panel.features.shape[0]} dates x {len(prepared.panel.factors)} factors x "
-          f"{len(prepared.panel.feature_names)} features; train/val/test decisions "
-          f"{len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
-    from ray_jobs.ray_cluster import ray_session
-    from ray_jobs.seed_run import check_cluster_devices
-
-    with ray_session(output, num_cpus=args.num_cpus):
-        check_cluster_devices(cfg)
-        trainer = build_trainer(cfg, seed, output, prepared.splits.train, panel_path=panel_path)
-        trainer.fit()
-    info = read_finished(run_dir)
     print(f"\nseed {seed}: best val_sharpe {info['best_val_sharpe']:+.4f} at epoch {info['best_epoch']} "
           f"of {info['epochs_run']} ({info['stop_reason']})")
     print(f"best checkpoint: {info['best_checkpoint']}")

@@ -8,14 +8,15 @@
   ``PortfolioConfig`` (long_only: 0 <= w <= max_weight; long_short: ||w||_1 <= leverage);
 - **probe**: the same problem with a past-only estimate: mu = a pooled ridge regression of the
   horizon return on the 9 normalised features at t (fitted on the train split), Sigma = a
-  one-factor (equal-weight market) + diagonal model of the trailing 252 days' returns; it shows how much of the
-  planted signal the features reveal (a trained model should reach at least this);
+  one-factor (equal-weight market) + diagonal model of the trailing 252 days' returns; it shows
+  how much of the planted signal the features reveal (a trained model should reach at least this);
 - **1/N**: equal weights.
 
-Rebalances are non-overlapping, every ``horizon`` decision dates from the split's first one;
-each split starts from 1/N.  A period's net return is ``w' R - tc_rate * ||w - w_drift||_1``,
-with R the compounded horizon returns and ``w_drift`` the previous weights drifted by the previous
-period's returns.  Sharpe = mean / std (ddof=1) of the net period returns * sqrt(252 / horizon).
+The conventions of ``ray_jobs/evaluation.py``, so a model's Sharpe compares directly: rebalances
+are non-overlapping, every ``horizon`` decision dates from the split's first one; the first trades
+from 1/N, each later one from the previous target weights (no drift).  A period's net return is
+``w' R - tc_rate * ||w - w_prev||_1`` with R the compounded horizon returns; turnover is reported
+one-way (half the L1 change).  Sharpe = mean / std (ddof=1) of the net returns * sqrt(252 / h).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import Callable
 import cvxpy as cp
 import numpy as np
 
-from data.splits import Splits, rebalance_indices
+from data.splits import rebalance_indices
 from data.windows import horizon_returns, prepare
 from model.config import Config, PortfolioConfig, load_config
-from model.errors import DataError, SolverError
+from model.errors import DataError, PortfolioTrainerError, SolverError
 
 
 @dataclass(frozen=True)
@@ -86,23 +87,28 @@ class MeanVarianceProblem:
         return w
 
 
-def run_policy(decide: Callable, r_horizon: np.ndarray, rebalances: np.ndarray, tc_rate: float, horizon: int) -> PolicyResult:
-    """Backtest ``decide(t, w_drift) -> w (N,)`` at the given decision indices."""
+def run_policy(
+    decide: Callable, r_horizon: np.ndarray, rebalances: np.ndarray, tc_rate: float, horizon: int
+) -> PolicyResult:
+    """Backtest ``decide(t, w_prev) -> w (N,)`` at the decision indices ``rebalances`` (n_reb,).
+
+    ``r_horizon`` (T, N): compounded returns over t+1..t+horizon (see :func:`horizon_returns`).
+    Same conventions as ``ray_jobs/evaluation.py`` (module docstring), so the numbers compare.
+    """
     n = r_horizon.shape[1]
-    w_drift = np.full(n, 1.0 / n)
-    net, turnover = [], []
+    w_prev = np.full(n, 1.0 / n)
+    net, traded = [], []
     for t in rebalances:
-        w = decide(int(t), w_drift)  # (N,)
-        gross = float(w @ r_horizon[t])
-        turnover.append(float(np.abs(w - w_drift).sum()))
-        net.append(gross - tc_rate * turnover[-1])
-        w_drift = w * (1 + r_horizon[t]) / (1 + gross)  # (N,) weights after the period's returns
+        w = decide(int(t), w_prev)  # (N,)
+        traded.append(float(np.abs(w - w_prev).sum()))
+        net.append(float(w @ r_horizon[t]) - tc_rate * traded[-1])
+        w_prev = w
     net_arr = np.asarray(net)
     per_year = 252 / horizon
     vol = float(net_arr.std(ddof=1))
     return PolicyResult(
         sharpe=float(net_arr.mean() / vol * np.sqrt(per_year)), ann_return=float(net_arr.mean() * per_year),
-        ann_vol=vol * np.sqrt(per_year), turnover=float(np.mean(turnover)), n_rebalances=len(net_arr),
+        ann_vol=vol * np.sqrt(per_year), turnover=0.5 * float(np.mean(traded)), n_rebalances=len(net_arr),
     )
 
 
@@ -117,7 +123,7 @@ def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> 
     beta = np.linalg.solve(xt1.T @ xt1 + 1.0 * np.eye(xt1.shape[1]), xt1.T @ yt)  # (F + 1,)
     returns = prep.panel.returns
 
-    def decide(t: int, w_drift: np.ndarray) -> np.ndarray:
+    def decide(t: int, w_prev: np.ndarray) -> np.ndarray:
         mu = beta[0] + x[t] @ beta[1:]  # (N,)
         past = returns[max(0, t - 251): t + 1]  # (<=252, N), dates <= t only
         dev = past - past.mean(axis=0)  # (n_obs, N)
@@ -127,7 +133,7 @@ def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> 
         scale = h / (len(past) - 1)
         resid = np.maximum((dev**2).sum(axis=0) - betas**2 * var_m, 1e-12) * scale  # (N,)
         factor = (betas * np.sqrt(var_m * scale))[:, None]  # (N, 1)
-        return problem.solve(mu, factor, np.sqrt(resid), w_drift)
+        return problem.solve(mu, factor, np.sqrt(resid), w_prev)
 
     return decide
 
@@ -149,9 +155,15 @@ def policy_table(
     if probe:
         policies["probe"] = _probe_policy(prep, MeanVarianceProblem(n, 1, pf), r_horizon)
     if (panel_path or cfg.data.panel_path) is None:
-        _, truth = generate(n, cfg.data.synthetic_years, SEED)
-        if not np.array_equal(truth.dates, prep.panel.dates):
-            raise DataError("the synthetic truth's dates differ from the cached panel's; delete the cache.")
+        long, truth = generate(n, cfg.data.synthetic_years, SEED)
+        same = np.array_equal(truth.dates, prep.panel.dates) and np.array_equal(
+            long["ret"].to_numpy().reshape(prep.panel.returns.shape), prep.panel.returns
+        )
+        if not same:  # the truth is regenerated, so it must describe exactly the cached returns
+            raise DataError(
+                "the regenerated synthetic truth does not match the cached panel; delete the cache folder "
+                "(XLSTM_PORTFOLIO_CACHE or <repo>/.cache) and rerun."
+            )
         mean, fvar, ivar = truth.moments(h)  # (T, N), (T, K), (T, N)
         oracle = MeanVarianceProblem(n, truth.loadings.shape[1], pf)
         policies["oracle"] = lambda t, w: oracle.solve(
@@ -170,10 +182,12 @@ def policy_table(
     return table
 
 
-def format_table(table: dict[str, dict[str, PolicyResult]], splits: Splits | None = None) -> str:
+def format_table(table: dict[str, dict[str, PolicyResult]]) -> str:
+    """Sharpe ratios and mean one-way turnover per split, one row per split."""
     pols = [p for p in ("oracle", "probe", "equal") if p in next(iter(table.values()))]
-    head = f"{'split':6s} {'rebal':>5s} " + " ".join(f"{p + ' SR':>10s}" for p in pols)
-    head += " " + " ".join(f"{p + ' turn':>11s}" for p in pols if p != "equal")
+    label = {"oracle": "oracle", "probe": "probe", "equal": "1/N"}
+    head = f"{'split':6s} {'rebal':>5s} " + " ".join(f"{label[p] + ' SR':>10s}" for p in pols)
+    head += " " + " ".join(f"{label[p] + ' turn':>11s}" for p in pols if p != "equal")
     lines = [head]
     for name, row in table.items():
         any_res = next(iter(row.values()))
@@ -192,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="panel Parquet (default: data.panel_path / synthetic)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
     start = time.perf_counter()
-    table = policy_table(cfg, args.data, progress=True)
+    try:
+        cfg = load_config(args.config, args.set)
+        table = policy_table(cfg, args.data, progress=True)
+    except PortfolioTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     d, pf = cfg.data, cfg.portfolio
     print(f"lookback {d.lookback_days}, horizon {d.prediction_horizon}, {pf.constraint}, max_weight "
           f"{pf.max_weight}, gamma {pf.risk_aversion}, tc {pf.tc_rate}  ({time.perf_counter() - start:.1f} s)")

@@ -124,7 +124,7 @@ def _read_table(path: Path) -> pa.Table:
         names = pfile.schema_arrow.names
         dup = [c for i, c in enumerate(names) if c in names[:i]]
         if dup:  # checked on the schema: the reader itself chokes on duplicate names
-            raise DataError(f"panel file {str(path)!r}: column {dup[0]!r} appears twice; each column name must be unique.")
+            raise DataError(f"panel file {str(path)!r}: column {dup[0]!r} appears twice; column names must be unique.")
         return pfile.read()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"panel file {str(path)!r} is not a readable Parquet file ({exc}).") from None

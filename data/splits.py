@@ -40,6 +40,12 @@ class Splits:
         """[("train", idx), ("val", idx), ("test", idx)]."""
         return [("train", self.train), ("val", self.val), ("test", self.test)]
 
+    def tensor(self, name: str, device="cpu"):
+        """One split as a writable torch LongTensor (n,) on ``device`` (the arrays here are read-only)."""
+        import torch  # only the training side needs torch
+
+        return torch.tensor(getattr(self, name), dtype=torch.long, device=device)
+
 
 def min_split_decisions(horizon: int) -> int:
     """Smallest split: horizon + 1 decision dates give two non-overlapping rebalances (a Sharpe)."""
@@ -130,7 +136,8 @@ def min_panel_dates(lookback, horizon, train_fraction, val_fraction, purge_days)
     """Fewest panel dates for which :func:`make_splits` gives three large-enough splits."""
     _check_args(lookback, horizon, train_fraction, val_fraction, purge_days)
     n = lookback + horizon + 2 * purge_days + 3 * min_split_decisions(horizon) - 1
-    while min(_split_sizes(n, lookback, horizon, train_fraction, val_fraction, purge_days)) < min_split_decisions(horizon):
+    smallest = min_split_decisions(horizon)
+    while min(_split_sizes(n, lookback, horizon, train_fraction, val_fraction, purge_days)) < smallest:
         n += 1
     return n
 

@@ -13,7 +13,7 @@ Generating process (daily, factor i = 1..N, latent market factor k = 1..K=4; all
   parts (volatility clustering).  Long-run variances: market factors 1 / 252 (unit annual vol).
 - Loadings: factor i has a total annual vol v_i ~ U(5 %, 20 %) of which a share rho_i ~ U(0.3, 0.8)
   is systematic; B[i] is a random direction (positive market loading) scaled to that variance.
-- Premia: lambda_i = B[i] . (0.35, 0.15, 0, 0) / 252: a market premium that gives 1/N a Sharpe
+- Premia: lambda_i = B[i] . FACTOR_PREMIA / 252: a market premium that gives 1/N a Sharpe
   ratio of roughly 0.5.
 - Planted signal: a persistent AR(1) state s (phi = PHI, half-life ~ 69 days), independent across
   factors, moves factor i's daily mean by c_i s with c_i = SIGNAL_SCALE * v_i / sqrt(252): a
@@ -32,6 +32,7 @@ fingerprint do not match is regenerated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -205,7 +206,10 @@ def cache_dir() -> Path:
 
 
 def cache_path(n_factors: int, years: int, seed: int = SEED) -> Path:
-    return cache_dir() / f"synthetic_panel_v{GENERATOR_VERSION}_n{n_factors}_y{years}_s{seed}.parquet"
+    """Cache file; its name carries every constant of the process, so a changed one is a new file."""
+    consts = (GENERATOR_VERSION, NU, PHI, SIGNAL_SCALE, FACTOR_PREMIA, BURN_IN, START_DATE, DAYS_PER_YEAR, WARMUP_DAYS)
+    key = hashlib.sha256(repr(consts).encode()).hexdigest()[:10]
+    return cache_dir() / f"synthetic_panel_v{GENERATOR_VERSION}_n{n_factors}_y{years}_s{seed}_{key}.parquet"
 
 
 def _cached(path: Path) -> Panel | None:

@@ -31,6 +31,9 @@ PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
 DUAL_TOL = 1e-8
 """Certificate: subgradient condition of the scaled problem (its data are O(1))."""
+GREEDY_PASSES = 2
+"""Active-set steps that fix every weight leaving its piece at once (fast, may cycle); later
+steps fix only the first weight hit, which cannot cycle."""
 MAX_PASSES = 30
 """Active-set steps after the interior point before giving up (typically 1-3 are used)."""
 
@@ -191,13 +194,13 @@ def _subgradient(ipm: InteriorPoint, b: torch.Tensor, nu: torch.Tensor):
 def _free_towards(ipm: InteriorPoint, A: ActiveSet, go_right, go_left):
     """Slopes and signs of fixed weights freed towards the side their subgradient pulls to."""
     b, wp = A.value, ipm.p.w_prev
-    slope = torch.where(go_right, _side(b - wp, True), -_side(b - wp, False)) * ipm.lay.tc
-    sign = torch.where(go_right, _side(b, True), -_side(b, False))
+    slope = torch.where(go_right, _side(b - wp, True), _side(b - wp, False)) * ipm.lay.tc
+    sign = torch.where(go_right, _side(b, True), _side(b, False))
     moved = go_right | go_left
     return torch.where(moved, slope, A.slope), torch.where(moved, sign, A.sign)
 
 
-def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor):
+def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, greedy: bool):
     """One step of a primal active-set method (per element, batched).
 
     Move from w_cur (on the face of A) towards the face minimiser w_pol; if a free weight hits
@@ -217,7 +220,10 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor):
     ratio = torch.where(out, room.clamp_min(0.0), torch.inf)  # (B, n)
     alpha = ratio.amin(1).clamp_max(1.0)  # (B,)
     blocked = alpha < 1.0
-    hit = out & (ratio <= alpha.unsqueeze(1) * (1 + 1e-12) + 1e-300) & blocked.unsqueeze(1)
+    # Greedy: fix every weight that leaves its piece; they sit at their breakpoint up to the
+    # interior point's accuracy, so one step replaces one step per weight.
+    reach = (torch.ones_like(alpha) if greedy else alpha).unsqueeze(1) * (1 + 1e-12)
+    hit = out & (ratio <= reach) & blocked.unsqueeze(1)
     w_cur = torch.where(blocked.unsqueeze(1), w_cur + alpha.unsqueeze(1) * delta, w_pol)
     value = torch.where(hit, torch.where(delta < 0, lower, upper), A.value)
     w_cur = torch.where(hit, value, w_cur)
@@ -267,8 +273,8 @@ def solve_exact(ipm: InteriorPoint, S: IPMState):
     w_cur = torch.where(A.free, torch.minimum(torch.maximum(S.x[..., 0], lower), upper), A.value)
     w_done, A_done = torch.zeros_like(w_cur), A
     finished = torch.zeros_like(A.lev)
-    for _ in range(MAX_PASSES):
-        A_next, w_cur, w_pol, done, primal, dual = step(ipm, S, A, w_cur)
+    for k in range(MAX_PASSES):
+        A_next, w_cur, w_pol, done, primal, dual = step(ipm, S, A, w_cur, k < GREEDY_PASSES)
         new = done & ~finished  # keep each element's first certified polish
         w_done = torch.where(new.unsqueeze(1), w_pol, w_done)
         A_done = _merge(new, A, A_done)

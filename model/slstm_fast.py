@@ -22,7 +22,6 @@ cell's own ``_*_ext2int`` transform.
 
 from __future__ import annotations
 
-import logging
 import torch
 import xlstm
 from torch import nn
@@ -30,8 +29,6 @@ from torch.nn import functional as F
 from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellBase
 
 from model.errors import CheckpointError, PortfolioTrainerError
-
-LOGGER = logging.getLogger(__name__)
 
 CHECKED_XLSTM_VERSION = "2.0.6"
 """The xlstm release whose vanilla sLSTM internals the fast step was checked against."""
@@ -63,10 +60,11 @@ def _slstm_pointwise(
     """Upstream's sLSTM gate step (``src/vanilla/slstm.py``) without stacking states and gates.
 
     Same ops in the same order, including ``torch.minimum(., 1)`` and ``torch.max``, whose ties split
-    the gradient (upstream's gradients depend on that).  raw: (B, G*H); states: 4 x (B, H).
+    the gradient (upstream's gradients depend on that).  raw: (G, B, H), gate-leading so that each
+    gate is a contiguous (B, H) block; states: 4 x (B, H).
     """
     _, c, n, m = y_c_n_m
-    iraw, fraw, zraw, oraw = torch.unbind(raw.view(raw.shape[0], 4, -1), dim=1)  # 4 x (B, H)
+    iraw, fraw, zraw, oraw = raw.unbind(dim=0)  # 4 x (B, H)
     logfplusm = m + F.logsigmoid(fraw)
     # Upstream's test for "first step" (a zero normaliser): there the stabiliser starts at iraw.
     mnew = iraw if torch.all(n == 0.0) else torch.max(iraw, logfplusm)
@@ -106,14 +104,17 @@ def fast_slstm_forward(x: torch.Tensor, states: torch.Tensor, R: torch.Tensor, b
     num_gates = gates_x_head_dim // head_dim
     # Transpose once per sequence (not once per batch element and step, as upstream's broadcast).
     r_in_out = R.transpose(1, 2).contiguous()  # (NH, DH_in, G*DH_out)
+    # Gate-leading layouts, once per sequence: every gate of a step is then a contiguous block.
+    x_gates = x.reshape(x.shape[0], batch, num_gates, -1).transpose(1, 2).contiguous()  # (S, G, B, H)
+    b_gates = b.reshape(num_gates, 1, -1)  # (G, 1, H)
     state_dtype = states.dtype
     current = tuple(states.unbind(dim=0))  # 4 x (B, H): no per-step stack of states or gates
     history = [current]
-    for wx_t in x.unbind(dim=0):  # wx_t: (B, G*H)
+    for wx_t in x_gates.unbind(dim=0):  # wx_t: (G, B, H)
         y = current[0].reshape(batch, num_heads, head_dim).transpose(0, 1)  # (NH, B, DH)
         ry = torch.bmm(y, r_in_out)  # (NH, B, G*DH)
-        ry = ry.reshape(num_heads, batch, num_gates, head_dim).permute(1, 2, 0, 3)  # (B, G, NH, DH)
-        raw = wx_t + ry.reshape(batch, -1) + b  # (B, G*H), gate-major; upstream's order of sums
+        ry = ry.reshape(num_heads, batch, num_gates, head_dim).permute(2, 1, 0, 3)  # (G, B, NH, DH)
+        raw = wx_t + ry.reshape(num_gates, batch, -1) + b_gates  # (G, B, H); upstream's order of sums
         current = tuple(s.to(dtype=state_dtype) for s in _slstm_pointwise(raw, current))
         history.append(current)
     per_state = [torch.stack(seq, dim=0) for seq in zip(*history)]  # 4 x (S+1, B, H)

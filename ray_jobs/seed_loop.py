@@ -25,8 +25,6 @@ import torch
 
 from model.config import Config, check_device, config_from_dict
 from model.errors import TrainingError
-from model.checkpoint import load_checkpoint, load_neutral_state_dict, save_checkpoint
-from ray_jobs.steps import EpochStats, make_optimizer, train_epoch, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -61,6 +59,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from data import prepare
     from model.network import XLSTMPortfolio
+    from ray_jobs.steps import make_optimizer
 
     cfg = config_from_dict(loop_config["config"], "<train loop config>")
     seed, run_dir = int(loop_config["seed"]), Path(loop_config["run_dir"])
@@ -81,13 +80,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     writer = _writer(run_dir, state.epoch) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     try:
-        _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer)
+        _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
+             loop_config.get("fail_after_epoch"))
     finally:
         if writer is not None:
             writer.close()
 
 
-def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer):
+def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
+         fail_after_epoch=None):
+    from ray_jobs.steps import train_epoch, validate
+
     tr = cfg.training
     stop_reason = "max_epochs"
     while state.epoch < tr.max_epochs:
@@ -111,12 +114,21 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
         _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepared, metrics, improved, writer)
         if stop:
             break
+        _maybe_inject_failure(fail_after_epoch, epoch, run_dir)
     if rank == 0:
         _write_json(run_dir / "finished.json", {
             "seed": seed, "epochs_run": state.epoch, "best_val_sharpe": state.best_val_sharpe,
             "best_epoch": state.best_epoch, "stop_reason": stop_reason,
             "best_checkpoint": str(run_dir / "best.pt"),
         })
+
+
+def _maybe_inject_failure(fail_after_epoch, epoch: int, run_dir: Path) -> None:
+    """Test hook (set only from code, never from a config): crash once after an epoch's checkpoint."""
+    marker = run_dir / ".failure_injected"
+    if fail_after_epoch == epoch and not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected failure after epoch {epoch} (test hook)")
 
 
 def progress_line(seed: int, max_epochs: int, m: dict) -> str:
@@ -128,7 +140,7 @@ def progress_line(seed: int, max_epochs: int, m: dict) -> str:
     )
 
 
-def _metrics(stats: EpochStats, val: dict, state: SeedState, optimizer, stop: bool) -> dict:
+def _metrics(stats, val: dict, state: SeedState, optimizer, stop: bool) -> dict:
     out = {"epoch": state.epoch, **asdict(stats), **val}
     out.update(
         learning_rate=optimizer.param_groups[0]["lr"],
@@ -140,6 +152,8 @@ def _metrics(stats: EpochStats, val: dict, state: SeedState, optimizer, stop: bo
 
 def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepared, metrics, improved, writer):
     """Rank 0 writes latest (and best) atomically, then every rank reports to Ray."""
+    from model.checkpoint import save_checkpoint
+
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -164,6 +178,8 @@ def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepar
 
 def _restore(model, optimizer, scheduler, device) -> SeedState:
     """Resume from Ray's latest checkpoint (a restarted worker or a restored run)."""
+    from model.checkpoint import load_checkpoint, load_neutral_state_dict
+
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return SeedState()

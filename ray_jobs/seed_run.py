@@ -64,6 +64,7 @@ def build_trainer(
     train_indices,
     panel_path: Optional[str] = None,
     callbacks: Sequence = (),
+    fail_after_epoch: Optional[int] = None,
 ) -> TorchTrainer:
     """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``."""
     tr = cfg.training
@@ -75,7 +76,8 @@ def build_trainer(
         resources["GPU"] = tr.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path},
+        train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path,
+                           "fail_after_epoch": fail_after_epoch},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tr.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
         ),
@@ -95,3 +97,30 @@ def read_finished(run_dir: Path) -> dict:
     if not marker.exists():
         raise TrainingError(f"{run_dir} has no {FINISHED}: the run did not finish.")
     return json.loads(marker.read_text())
+
+
+def train_one_seed(cfg: Config, seed: int, output: Path, panel_path: Optional[str] = None,
+                   num_cpus: Optional[int] = None, fail_after_epoch: Optional[int] = None):
+    """Validate the panel, then fit one seed's TorchTrainer on a local cluster or RAY_ADDRESS.
+
+    Returns (finished.json contents, Ray's Result).
+    """
+    from data import prepare
+    from ray_jobs.ray_cluster import ray_session
+
+    output = Path(output).resolve()
+    run_dir = output / seed_run_name(seed)
+    refuse_finished(run_dir)
+    prepared = prepare(cfg, panel_path)  # validates the panel before anything trains
+    print(f"panel: {prepared.panel.features.shape[0]} dates x {len(prepared.panel.factors)} factors x "
+          f"{len(prepared.panel.feature_names)} features; train/val/test decisions "
+          f"{len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
+    with ray_session(output, num_cpus=num_cpus):
+        check_cluster_devices(cfg)
+        trainer = build_trainer(cfg, seed, output, prepared.splits.train, panel_path=panel_path,
+                                fail_after_epoch=fail_after_epoch)
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            raise TrainingError(f"seed {seed} failed: {exc}") from exc
+    return read_finished(run_dir), result

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, make_returns
+from panel_helpers import REPO, make_returns
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import read_panel
 from model.errors import DataError

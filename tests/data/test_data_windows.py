@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import small_cfg
+from panel_helpers import small_cfg
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import Panel, write_panel
 from data.windows import Normalizer, WindowSource, prepare
@@ -131,3 +131,11 @@ def test_prepare_prefers_the_argument_over_the_config(panel_file, tmp_path):
     with pytest.raises(DataError, match=r"does not exist"):
         prepare(cfg)
     assert prepare(cfg, str(panel_file)).panel.shape[1:] == (6, 9)
+
+
+def test_split_tensors_feed_gather(panel_file):
+    prep = prepare(small_cfg(), str(panel_file))
+    idx = prep.splits.tensor("val")
+    assert idx.dtype == torch.long and idx.tolist() == prep.splits.val.tolist()
+    x, _, _ = prep.window_source().gather(idx)
+    assert x.shape[0] == len(prep.splits.val)

@@ -1,0 +1,31 @@
+"""Shared fixtures: one real local Ray cluster for the Ray tests, with its files in a temp dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """``ray.init(num_cpus=2)`` on 127.0.0.1, temp files and auth token under pytest's tmp dir."""
+    import ray
+
+    from ray_jobs.ray_cluster import ray_session
+
+    root = tmp_path_factory.mktemp("ray")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
+    os.environ.pop("RAY_ADDRESS", None)
+    with ray_session(root, num_cpus=2) as address:
+        yield address
+    assert not ray.is_initialized()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
