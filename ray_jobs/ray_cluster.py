@@ -103,3 +103,6 @@ def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[i
         yield ctx.address_info["address"]
     finally:
         ray.shutdown()
+        if Path(temp_dir).is_symlink():  # drop the short link; the files stay under root/ray
+            Path(temp_dir).unlink()
+            Path(temp_dir).parent.rmdir()

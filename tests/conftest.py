@@ -11,9 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """``ray.init(num_cpus=2)`` on 127.0.0.1, temp files and auth token under pytest's tmp dir."""
+    """``ray.init(num_cpus=2)`` on 127.0.0.1, temp files and auth token under pytest's tmp dir.
+
+    Module scope: each module's cluster is stopped before the next module runs, so the
+    ``ray start`` / ``ray stop`` test never meets (or kills) another test's cluster.
+    """
     import ray
 
     from ray_jobs.ray_cluster import ray_session
