@@ -1,6 +1,6 @@
 """Active-set polish, KKT certificate and the exact backward pass of the torch portfolio solver.
 
-After the interior point (:mod:`model.qp_torch`) every asset is either *fixed* at a breakpoint of
+After the interior point (:mod:`model.qp_torch_ipm`) every asset is either *fixed* at a breakpoint of
 its piecewise-linear cost (a bound 0 / max_weight, the no-trade kink w_prev, the leverage kink 0)
 or *free* on a linear piece with a known slope.  On that active set the optimum solves the
 equality-constrained QP ("active KKT system")::
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from model.errors import SolverError
-from model.qp_torch import InteriorPoint, IPMState, QPSettings, scale_problem
+from model.qp_torch_ipm import InteriorPoint, IPMState
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
@@ -71,7 +71,7 @@ def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
     Returns
     -------
     x : (B, n) zero on fixed assets, y : (B, m) multipliers (minimum norm if rows are redundant),
-    schur : (B, m, m) the rows' Schur complement (singular = multipliers not determined).
+    null : (B, m, m) projector on the multipliers the free set leaves undetermined (0 if none).
     """
     fr = free.to(F.dtype)  # (B, n)
     Ff = F * fr.unsqueeze(-1)  # (B, n, k)
@@ -85,9 +85,13 @@ def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
     DR = Dinv.unsqueeze(-1) * R
     X = DR - DF @ torch.cholesky_solve(Ff.transpose(1, 2) @ DR, chol)  # (B, n, 1+m)
     Xr, XE = X[..., :1], X[..., 1:]
-    schur = Ef @ XE  # (B, m, m) PSD; singular when a row vanishes on the free set
-    y = torch.linalg.pinv(schur, rtol=1e-12, hermitian=True) @ (Ef @ Xr - rhs_e.unsqueeze(-1))
-    return (Xr - XE @ y).squeeze(-1), y.squeeze(-1), schur
+    schur = Ef @ XE  # (B, m, m) PSD; singular when a row vanishes or two rows coincide on the free set
+    evals, evecs = torch.linalg.eigh(schur)
+    keep = evals > 1e-12 * evals.amax(-1, keepdim=True).clamp_min(1e-300)  # (B, m)
+    inv = (evecs * torch.where(keep, 1.0 / evals, 0.0).unsqueeze(1)) @ evecs.transpose(1, 2)
+    null = (evecs * (~keep).to(F.dtype).unsqueeze(1)) @ evecs.transpose(1, 2)  # (B, m, m)
+    y = inv @ (Ef @ Xr - rhs_e.unsqueeze(-1))  # (B, m, 1) minimum norm
+    return (Xr - XE @ y).squeeze(-1), y.squeeze(-1), null
 
 
 def _q_times(F, d, v):
@@ -137,23 +141,22 @@ def classify(ipm: InteriorPoint, S: IPMState) -> ActiveSet:
     return ActiveSet(~fixed, value, at_prev, slope, sign, lev)
 
 
-def polish(ipm: InteriorPoint, A: ActiveSet):
+def polish(ipm: InteriorPoint, S: IPMState, A: ActiveSet):
     """Exact minimiser on the active set (scaled problem; w does not depend on the scale).
 
-    Returns w (B, n), multipliers (lambda, nu) (B, 2) and whether the free set determines
-    them (B,) bool (not when no asset is free, or the rows coincide on the free set).
+    Returns w (B, n) and multipliers (lambda, nu) (B, 2).  Where the free set leaves them open
+    (no free asset, or all free weights on one side of 0 with the leverage binding) the open
+    direction is taken from the interior point, so that the certificate can use them.
     """
     p, ls = ipm.p, ipm.lay.ls
     rhs = p.mu - p.c * A.slope - _q_times(p.F, p.d, A.value)  # (B, n)
     E, e = A.rows(ipm.st.leverage, ls)
-    x, y, schur = solve_active_kkt(p.F, p.d, A.free, E, rhs, e)
-    ok = schur[:, 0, 0] > 1e-12 * schur[:, 0, 0].abs().amax().clamp_min(1e-300)
-    if ls:
-        det = schur[:, 0, 0] * schur[:, 1, 1] - schur[:, 0, 1] * schur[:, 1, 0]
-        ok = ok & (~A.lev | (det > 1e-10 * schur[:, 0, 0] * schur[:, 1, 1]))
-    else:
+    x, y, null = solve_active_kkt(p.F, p.d, A.free, E, rhs, e)
+    y_ipm = torch.stack([S.y, S.zL * A.lev], 1)[:, : y.shape[1]]  # (B, m)
+    y = y + (null @ y_ipm.unsqueeze(-1)).squeeze(-1)
+    if not ls:
         y = torch.cat([y, torch.zeros_like(y)], 1)
-    return x + A.value, y, ok
+    return x + A.value, y
 
 
 def _segment(ipm: InteriorPoint, A: ActiveSet):
@@ -212,7 +215,7 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     Returns the new (A, w_cur, w_pol), whether the element is done (B,) and its KKT violations.
     """
     p, st, lay = ipm.p, ipm.st, ipm.lay
-    w_pol, y, y_ok = polish(ipm, A)
+    w_pol, y = polish(ipm, S, A)
     lower, upper = _segment(ipm, A)
     delta = w_pol - w_cur  # (B, n)
     out = A.free & ((w_pol < lower - PRIMAL_TOL) | (w_pol > upper + PRIMAL_TOL))
@@ -228,8 +231,7 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     value = torch.where(hit, torch.where(delta < 0, lower, upper), A.value)
     w_cur = torch.where(hit, value, w_cur)
 
-    lam = torch.where(y_ok, y[:, 0], S.y)  # (B,) the interior point's multipliers when the
-    nu = torch.where(A.lev, torch.where(y_ok, y[:, 1], S.zL), 0.0)  # free set leaves them open
+    lam, nu = y[:, 0], torch.where(A.lev, y[:, 1], 0.0)  # (B,) budget and leverage multipliers
     g = p.mu - _q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n) must lie in the subgradient
     left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
     fixed, reached = ~A.free, ~blocked.unsqueeze(1)

@@ -95,7 +95,8 @@ def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[i
         num_gpus=num_gpus,
         _node_ip_address="127.0.0.1",
         _temp_dir=temp_dir,
-        include_dashboard=False,
+        include_dashboard=True,  # Train's state queries need it; it listens on 127.0.0.1 only
+        dashboard_host="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,
     )

@@ -81,14 +81,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     try:
         _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
-             loop_config.get("fail_after_epoch"))
+             loop_config.get("fail_after_epoch"), int(loop_config.get("n_train", 100_000)))
     finally:
         if writer is not None:
             writer.close()
 
 
 def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
-         fail_after_epoch=None):
+         fail_after_epoch=None, n_train=100_000):
     from ray_jobs.steps import train_epoch, validate
 
     tr = cfg.training
@@ -96,7 +96,8 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
     while state.epoch < tr.max_epochs:
         epoch = state.epoch + 1
         torch.manual_seed(seed * 100_003 + epoch)  # dropout stream: reproducible after a resume
-        stats = train_epoch(cfg, fwd, model, optimizer, shard, source, epoch, world, run_dir)
+        stats = train_epoch(cfg, fwd, model, optimizer, shard, source, epoch, world, run_dir,
+                            shuffle_buffer=n_train, shuffle_seed=seed * 100_003 + epoch * 101 + rank)
         val = validate(cfg, model, source, prepared.splits.val)
         scheduler.step()
         improved = val["val_sharpe"] > state.best_val_sharpe + tr.min_delta

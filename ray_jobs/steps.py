@@ -82,14 +82,26 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     return {k: float(losses[k].detach()) for k in LOSS_KEYS}, float(grad_norm)
 
 
-def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path) -> EpochStats:
-    """One pass over this worker's shard of freshly shuffled decision indices."""
+def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int | None):
+    """This epoch's batches of decision indices {"t": (B,) int64}, freshly shuffled by the seed."""
+    return shard.iter_torch_batches(
+        batch_size=batch_size, drop_last=True, dtypes=torch.int64,
+        local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed,
+    )
+
+
+def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path,
+                shuffle_buffer: int = 100_000, shuffle_seed: int | None = None) -> EpochStats:
+    """One pass over this worker's shard of freshly shuffled decision indices.
+
+    ``training.steps_per_epoch`` stops the pass early: a fresh random subset each epoch.
+    """
     model.train()
     per_worker = max(2, cfg.training.batch_size // world)
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     norms, samples, wait = [], 0, 0.0
     start = tick = time.perf_counter()
-    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=True, dtypes=torch.int64)
+    batches = epoch_batches(shard, per_worker, shuffle_buffer, shuffle_seed)
     for step, batch in enumerate(batches, start=1):
         x, r_daily, r_horizon = source.gather(batch["t"].to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows

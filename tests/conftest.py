@@ -23,13 +23,9 @@ def ray_cluster(tmp_path_factory):
     from ray_jobs.ray_cluster import ray_session
 
     root = tmp_path_factory.mktemp("ray")
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
     os.environ.pop("RAY_ADDRESS", None)
+    # The auth token path stays exported for the whole session: Ray's token loader caches the
+    # first token it reads, so every cluster of this process must use that same token file.
     with ray_session(root, num_cpus=2) as address:
         yield address
     assert not ray.is_initialized()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

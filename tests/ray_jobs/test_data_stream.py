@@ -21,6 +21,7 @@ def _collect(config):
     import torch
 
     from data import prepare
+    from ray_jobs.steps import epoch_batches
 
     cfg = load_config(SMOKE, config["overrides"])
     source = prepare(cfg).window_source("cpu")
@@ -28,7 +29,7 @@ def _collect(config):
     seen = []
     for epoch in range(2):
         order = []
-        for batch in shard.iter_torch_batches(batch_size=16, dtypes=torch.int64):
+        for batch in epoch_batches(shard, 16, shuffle_buffer=10_000, shuffle_seed=1000 + epoch):
             idx = batch["t"]
             x, r_daily, r_h = source.gather(idx)
             for j in range(0, len(idx), 5):  # every 5th window against the slow numpy reference
@@ -69,7 +70,8 @@ def test_streamed_batches_equal_reference_windows_and_reshuffle(ray_cluster, tmp
     )
     trainer.fit()
     first, second = json.loads((tmp_path / "orders.json").read_text())
-    assert sorted(first) == sorted(second) == sorted(train.tolist())  # every window once per epoch
+    assert len(first) == len(train) - len(train) % 16  # drop_last
+    assert set(first) <= set(train.tolist()) and len(set(first)) == len(first)
     assert first != second  # a fresh shuffle each epoch
     assert first != sorted(first)
 
