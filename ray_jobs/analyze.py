@@ -33,7 +33,7 @@ def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
     analysis = ExperimentAnalysis(str(experiment_dir))
     frames = {}
     for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.path)
+        df = analysis.trial_dataframes.get(trial.trial_id)
         if df is None or df.empty:
             df = pd.DataFrame(columns=["epoch", *CURVES])
         frames[int(trial.config["seed"])] = df.sort_values("epoch") if "epoch" in df else df

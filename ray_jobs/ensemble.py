@@ -25,34 +25,43 @@ TRIAL_DRIVER_CPU = 0.01
 SEEDS_DIR = "seeds"
 
 
-def seed_trial(trial_config: dict) -> None:
-    """Tune trainable: fit the TorchTrainer of one seed.  Returns nothing (a dict would be a result)."""
+def seed_trial(trial_config: dict, run: dict) -> None:
+    """Tune trainable: fit the TorchTrainer of one seed.  Returns nothing (a dict would be a result).
+
+    ``trial_config`` holds only the seed (what Tune varies); ``run`` (config, paths, the training
+    indices) is shared by every trial through ``tune.with_parameters``.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_jobs.seed_run import build_trainer
 
-    cfg = config_from_dict(trial_config["config"], "<ensemble trial config>")
+    cfg = config_from_dict(run["config"], "<ensemble trial config>")
     trainer = build_trainer(
-        cfg, int(trial_config["seed"]), Path(trial_config["seeds_dir"]), trial_config["train_indices"],
-        panel_path=trial_config["panel_path"], callbacks=[TuneReportCallback()],
+        cfg, int(trial_config["seed"]), Path(run["seeds_dir"]), run["train_indices"],
+        panel_path=run["panel_path"], callbacks=[TuneReportCallback()],
     )
     trainer.fit()
+
+
+def _trainable(run: dict):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(seed_trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
+
+
+def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> dict:
+    return {
+        "config": cfg.to_dict(), "seeds_dir": str(experiment_dir / SEEDS_DIR),
+        "train_indices": [int(t) for t in train_indices], "panel_path": panel_path,
+    }
 
 
 def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
     from ray import tune
 
-    trainable = tune.with_resources(seed_trial, {"CPU": TRIAL_DRIVER_CPU})
-    param_space = {
-        "seed": tune.grid_search([int(s) for s in seeds]),
-        "config": cfg.to_dict(),
-        "seeds_dir": str(experiment_dir / SEEDS_DIR),
-        "train_indices": [int(t) for t in train_indices],
-        "panel_path": panel_path,
-    }
     return tune.Tuner(
-        trainable,
-        param_space=param_space,
+        _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)),
+        param_space={"seed": tune.grid_search([int(s) for s in seeds])},
         tune_config=tune.TuneConfig(
             metric="val_sharpe", mode="max", num_samples=1,
             max_concurrent_trials=cfg.ensemble.max_concurrent or None,
@@ -66,12 +75,12 @@ def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_p
     )
 
 
-def restore_tuner(experiment_dir: Path):
+def restore_tuner(cfg: Config, experiment_dir: Path, train_indices, panel_path):
     from ray import tune
 
     if not tune.Tuner.can_restore(str(experiment_dir)):
         raise ConfigError(f"--resume: {experiment_dir} holds no Tune experiment to restore; drop --resume to start one.")
-    trainable = tune.with_resources(seed_trial, {"CPU": TRIAL_DRIVER_CPU})
+    trainable = _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path))
     return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
 
 
@@ -118,7 +127,7 @@ def run(args) -> Path:
     with ray_session(experiment_dir, num_cpus=args.num_cpus):
         check_cluster_devices(cfg)
         if args.resume:
-            tuner = restore_tuner(experiment_dir)
+            tuner = restore_tuner(cfg, experiment_dir, prepared.splits.train, panel_path)
         else:
             tuner = build_tuner(cfg, seeds, experiment_dir, prepared.splits.train, panel_path)
         grid = tuner.fit()
