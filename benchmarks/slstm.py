@@ -89,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=60.0, help="stop repeating after this many seconds (default 60)")
     parser.add_argument("--levels", nargs="+", choices=["cell", "block"], default=["cell", "block"],
                         help="what to time (default: cell block)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; Ray workers get 1 per CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"# fwd+bwd seconds (best of {args.repeats}), B={args.batch}, S={args.seq}, heads={args.heads}, float32")

@@ -20,7 +20,7 @@ The solution is then polished on its active set and differentiated by :mod:`mode
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -308,57 +308,94 @@ class InteriorPoint:
         return 1.0 / (-r).clamp_min(1.0)
 
     @staticmethod
-    def _step(S: IPMState, D: IPMState, alpha: torch.Tensor) -> IPMState:
+    def _step(S: IPMState, D: IPMState, alpha: torch.Tensor) -> None:
+        """S += alpha D in place (alpha (B,) per element)."""
         a1, a3 = alpha.view(-1, 1), alpha.view(-1, 1, 1)
-        return IPMState(S.x + a3 * D.x, S.s + a3 * D.s, S.z + a3 * D.z, S.y + alpha * D.y,
-                        S.sL + alpha * D.sL, S.zL + alpha * D.zL, S.iterations)
+        S.x.addcmul_(a3, D.x), S.s.addcmul_(a3, D.s), S.z.addcmul_(a3, D.z)
+        S.y.addcmul_(alpha, D.y), S.sL.addcmul_(alpha, D.sL), S.zL.addcmul_(alpha, D.zL)
 
     # ------------------------------------------------------------------ main loop
     def converged(self, S: IPMState):
-        """Per-element convergence (B,) bool and the worst residuals (B, 3) for messages."""
+        """Per-element convergence (B,) bool, the worst residuals (B, 3) and the residuals."""
         rd, rp, rL, rb = res = self.residuals(S)
         primal = torch.maximum(rp.abs().flatten(1).amax(1), torch.maximum(rL.abs(), rb.abs()))
         worst = torch.stack([primal, rd.abs().flatten(1).amax(1), self.gap(S)], 1)  # (B, 3)
         done = (worst[:, :2] <= self.st.tol).all(1) & (worst[:, 2] <= self.st.gap_tol)
         return done, worst, res
 
+    def iterate(self, S: IPMState, res) -> None:
+        """One Mehrotra predictor-corrector step, in place."""
+        f = self.factor(S)
+        aff = self.direction(S, res, f, S.s * S.z, S.sL * S.zL)
+        a_aff = self.max_step(S, aff)  # (B,)
+        a3 = a_aff.view(-1, 1, 1)
+        gap_aff = ((S.s + a3 * aff.s) * (S.z + a3 * aff.z)).sum((1, 2))
+        if self.lay.ls:
+            gap_aff = gap_aff + (S.sL + a_aff * aff.sL) * (S.zL + a_aff * aff.zL)
+        mu_now = self.gap(S)  # (B,)
+        sigma = (gap_aff / self.n_compl / mu_now).clamp(0.0, 1.0).pow(3)
+        target = sigma * mu_now  # (B,) centring target
+        rc = torch.addcmul(S.s * S.z, aff.s, aff.z).sub_(target.view(-1, 1, 1))
+        rcL = S.sL * S.zL + aff.sL * aff.zL - target
+        D = self.direction(S, res, f, rc, rcL)
+        self._step(S, D, (0.99 * self.max_step(S, D)).clamp_max(1.0))
+
+    def subset(self, idx: torch.Tensor) -> "InteriorPoint":
+        """The same solver restricted to batch elements idx."""
+        return InteriorPoint(take(self.p, idx), self.st)
+
     def solve(self) -> IPMState:
-        """Iterate until every element converges; raises SolverError at the iteration cap."""
+        """Iterate until every element converges; raises SolverError at the iteration cap.
+
+        Converged elements are stored and dropped from the batch, so the last iterations (where
+        a few elements lag behind) cost only what those elements cost.
+        """
         S = self.start()
+        out = take(S, slice(None))  # final states, filled as elements converge
+        idx = torch.arange(S.y.shape[0], device=S.y.device)  # batch positions of the live elements
+        cur = self
         for it in range(self.st.max_iter):
-            done, worst, res = self.converged(S)
-            if bool(done.all()):
-                S.iterations = it
-                return S
+            done, worst, res = cur.converged(S)
+            if bool(done.any()):
+                put(out, idx[done], S, done)
+                if bool(done.all()):
+                    out.iterations = it
+                    return out
+                live = ~done
+                idx, S = idx[live], take(S, live)
+                cur = self.subset(idx)
+                res = tuple(r[live] for r in res)
             if not bool(torch.isfinite(worst).all()):
                 break
-            f = self.factor(S)
-            aff = self.direction(S, res, f, S.s * S.z, S.sL * S.zL)
-            a_aff = self.max_step(S, aff).view(-1, 1, 1)
-            gap_aff = ((S.s + a_aff * aff.s) * (S.z + a_aff * aff.z)).sum((1, 2))
-            gap_aff = gap_aff + (S.sL + a_aff.view(-1) * aff.sL) * (S.zL + a_aff.view(-1) * aff.zL) * self.lay.ls
-            mu_now = self.gap(S)  # (B,)
-            sigma = (gap_aff / self.n_compl / mu_now).clamp(0.0, 1.0).pow(3)
-            target = (sigma * mu_now).view(-1, 1, 1)  # (B, 1, 1)
-            rc = S.s * S.z + aff.s * aff.z - target
-            rcL = S.sL * S.zL + aff.sL * aff.zL - target.view(-1)
-            D = self.direction(S, res, f, rc, rcL)
-            alpha = (0.99 * self.max_step(S, D)).clamp_max(1.0) * (~done)  # converged: frozen
-            S = self._step(S, D, alpha)
-        done, worst, _ = self.converged(S)
-        raise _not_converged(done, worst, self.st)
+            cur.iterate(S, res)
+        done, worst, _ = cur.converged(S)
+        raise _not_converged(idx[~done], worst[~done], self.st)
 
 
-def _not_converged(done: torch.Tensor, worst: torch.Tensor, st: QPSettings) -> SolverError:
-    bad = (~done).nonzero().flatten().tolist()
-    i = bad[0]
-    p, r, g = worst[i].tolist()
+def take(obj, idx):
+    """Batch elements idx (index, mask or slice) of a dataclass of tensors; other fields shared."""
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return dataclasses.replace(obj, **{k: v[idx] for k, v in values.items() if isinstance(v, torch.Tensor)})
+
+
+def put(out, idx: torch.Tensor, obj, mask: torch.Tensor) -> None:
+    """out[idx] = obj[mask] for every tensor field (in place)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, torch.Tensor):
+            getattr(out, f.name)[idx] = value[mask]
+
+
+def _not_converged(bad_idx: torch.Tensor, worst: torch.Tensor, st: QPSettings) -> SolverError:
+    """The error for elements (global indices bad_idx) still unconverged; worst (len(bad), 3)."""
+    bad = bad_idx.tolist()
+    p, r, g = worst[0].tolist()
     hint = ""
     if p > 1e3 * st.tol:
         hint = (" A primal residual that does not vanish means the constraints cannot all hold"
                 " (infeasible: e.g. max_weight * n_assets < 1): check portfolio.max_weight / leverage.")
     return SolverError(
-        f"torch portfolio solver: batch element {i} (of {len(bad)} failing: {bad[:8]}) did not converge"
+        f"torch portfolio solver: batch element {bad[0]} (of {len(bad)} failing: {bad[:8]}) did not converge"
         f" in {st.max_iter} interior-point iterations: primal residual {p:.2e}, dual residual {r:.2e},"
         f" complementarity {g:.2e} (tolerances {st.tol:.0e} / {st.gap_tol:.0e}, scaled problem).{hint}"
     )

@@ -139,3 +139,32 @@ def test_leverage_below_one_is_infeasible():
     st = dataclasses.replace(SETTINGS["long_short"], leverage=0.9)
     with pytest.raises(SolverError, match="leverage = 0.9 < 1"):
         solve_portfolio_qp(*binding_problem(SETTINGS["long_short"]), st)
+
+
+@pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
+def test_active_set_steps_recover_from_a_wrong_guess(name, monkeypatch):
+    """Corrupt the interior point's active set (free weights pinned to 0 / w_prev, pinned weights
+    freed): the primal active-set steps must still reach the certified optimum."""
+    import model.qp_torch_kkt as kkt
+
+    st = SETTINGS[name]
+    inputs = binding_problem(st, batch=8, n=10, seed=4)
+    exact = solve_portfolio_qp(*inputs, st)
+    true_classify = kkt.classify
+
+    def wrong(ipm, state):
+        A = true_classify(ipm, state)
+        flip = torch.rand(A.free.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+        pin, release = flip & A.free, flip & ~A.free  # pin free weights, release pinned ones
+        tc = st.tc_rate > 0
+        pin_value = ipm.p.w_prev if tc else torch.zeros_like(A.value)
+        A.value = torch.where(pin, pin_value, torch.where(release, 0.0, A.value))
+        A.at_prev = (A.at_prev & ~release) | (pin & tc)
+        A.free = (A.free & ~pin) | release
+        A.slope = torch.where(release, 1.0, torch.where(pin, 0.0, A.slope)) * tc
+        A.sign = torch.where(release, 1.0, torch.where(pin, torch.sign(A.value), A.sign))
+        return A
+
+    monkeypatch.setattr(kkt, "classify", wrong)
+    w = solve_portfolio_qp(*inputs, st)
+    assert float((w - exact).abs().max()) <= 1e-9

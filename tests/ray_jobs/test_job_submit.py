@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -57,7 +58,9 @@ def test_ray_job_submit_runs_the_ensemble(tmp_path):
             "--set", "training.max_epochs=1",
         ], env, timeout=600)
         assert job.returncode == 0, (job.stdout[-4000:], job.stderr[-2000:])
-        assert "SUCCEEDED" in job.stdout + job.stderr
+        job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
+        status = _ray(["job", "status", "--address", f"http://127.0.0.1:{dash}", job_id], env)
+        assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout  # JobStatus.SUCCEEDED
         assert (storage / "job" / "seeds" / "seed_42" / "best.pt").exists()
     finally:
         stopped = _ray(["stop", "--force"], env, timeout=120)
