@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import statistics
 import time
 import warnings
@@ -146,17 +148,23 @@ def main(argv=None) -> None:
     ap.add_argument("--leverage", type=float, default=1.5, help="long_short gross limit (default 1.5)")
     ap.add_argument("--constraints", nargs="+", default=["long_only", "long_short"], choices=["long_only", "long_short"])
     ap.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice). 1 is robust on a busy machine:"
+                         " two threads stall each other when another process holds a core")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=str, default=None, help="write the rows and the settings to this JSON file")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # cvxpylayers' numpy 2 notice
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for constraint in args.constraints:
         rows += bench_constraint(args, constraint)
     print_table(rows)
     if args.json:
         meta = {k: v for k, v in vars(args).items() if k != "json"}
-        meta.update(torch=torch.__version__, threads=torch.get_num_threads(), numpy=np.__version__)
+        meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), numpy=np.__version__,
+                    load_average=os.getloadavg(), cpus=os.cpu_count(), platform=platform.platform())
         with open(args.json, "w") as fh:
             json.dump({"settings": meta, "rows": rows}, fh, indent=2)
         print(f"wrote {args.json}")

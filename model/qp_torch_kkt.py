@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 
 from model.errors import SolverError
-from model.qp_torch_ipm import InteriorPoint, IPMState
+from model.qp_torch_ipm import InteriorPoint, IPMState, put, take
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
 DUAL_TOL = 1e-8
 """Certificate: subgradient condition of the scaled problem (its data are O(1))."""
-GREEDY_PASSES = 2
+GREEDY_PASSES = 4
 """Active-set steps that fix every weight leaving its piece at once (fast, may cycle); later
 steps fix only the first weight hit, which cannot cycle."""
 MAX_PASSES = 30
@@ -268,33 +268,28 @@ def solve_exact(ipm: InteriorPoint, S: IPMState):
     """Polish a converged interior point to the exact optimum and certify it (KKT).
 
     Returns w (B, n) and its certified active set; raises SolverError naming the element if the
-    active set cannot be settled in MAX_PASSES steps.
+    active set cannot be settled in MAX_PASSES steps.  Certified elements leave the batch, so
+    the later steps (usually a handful of elements) are cheap.
     """
     A = classify(ipm, S)
     lower, upper = _segment(ipm, A)
     w_cur = torch.where(A.free, torch.minimum(torch.maximum(S.x[..., 0], lower), upper), A.value)
-    w_done, A_done = torch.zeros_like(w_cur), A
-    finished = torch.zeros_like(A.lev)
+    w_out, A_out = torch.empty_like(w_cur), take(A, slice(None))
+    idx = torch.arange(w_cur.shape[0], device=w_cur.device)  # batch positions of the live elements
+    cur, S_cur = ipm, S
     for k in range(MAX_PASSES):
-        A_next, w_cur, w_pol, done, primal, dual = step(ipm, S, A, w_cur, k < GREEDY_PASSES)
-        new = done & ~finished  # keep each element's first certified polish
-        w_done = torch.where(new.unsqueeze(1), w_pol, w_done)
-        A_done = _merge(new, A, A_done)
-        finished = finished | done
-        if bool(finished.all()):
-            return w_done, A_done
-        A = A_next
-    i = int((~finished).nonzero()[0, 0])
+        A_next, w_cur, w_pol, done, primal, dual = step(cur, S_cur, A, w_cur, k < GREEDY_PASSES)
+        if bool(done.any()):
+            w_out[idx[done]] = w_pol[done]
+            put(A_out, idx[done], A, done)
+            if bool(done.all()):
+                return w_out, A_out
+        live = ~done
+        idx, A, w_cur, S_cur = idx[live], take(A_next, live), w_cur[live], take(S_cur, live)
+        cur = ipm.subset(idx)
     raise SolverError(
-        f"torch portfolio solver: batch element {i} (of {int((~finished).sum())}): the active set"
+        f"torch portfolio solver: batch element {int(idx[0])} (of {len(idx)}): the active set"
         f" did not settle in {MAX_PASSES} steps after the interior point (KKT violation: primal"
-        f" {float(primal[i]):.1e}, dual {float(dual[i]):.1e}; nearly degenerate problem)."
+        f" {float(primal[live][0]):.1e}, dual {float(dual[live][0]):.1e}; nearly degenerate problem)."
         " Use portfolio.solver = cvxpylayers for this data, or report it with the inputs."
     )
-
-
-def _merge(pick: torch.Tensor, a: ActiveSet, b: ActiveSet) -> ActiveSet:
-    """Per element: a where pick (B,) else b."""
-    def sel(x, y):
-        return torch.where(pick.view(-1, *([1] * (x.dim() - 1))), x, y)
-    return ActiveSet(*(sel(getattr(a, f), getattr(b, f)) for f in ("free", "value", "at_prev", "slope", "sign", "lev")))

@@ -34,7 +34,7 @@ def refuse_finished(run_dir: Path) -> None:
         )
 
 
-def train_dataset(train_indices, cfg: Config) -> "ray.data.Dataset":
+def train_dataset(train_indices, cfg: Config, seed: int = 0) -> "ray.data.Dataset":
     """Decision indices of the training split (8 bytes each), for ``iter_torch_batches``.
 
     The shuffle happens in the worker's iterator (a local shuffle buffer as large as the split,
@@ -43,7 +43,7 @@ def train_dataset(train_indices, cfg: Config) -> "ray.data.Dataset":
     which rows each epoch when num_workers > 1.
     """
     items = [{"t": int(t)} for t in train_indices]
-    return ray.data.from_items(items).randomize_block_order()
+    return ray.data.from_items(items).randomize_block_order(seed=seed)
 
 
 def check_cluster_devices(cfg: Config) -> None:
@@ -92,7 +92,7 @@ def build_trainer(
             # Our own one-line-per-epoch progress replaces Train's per-report INFO dump.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": train_dataset(train_indices, cfg)},
+        datasets={"train": train_dataset(train_indices, cfg, seed)},
     )
 
 
