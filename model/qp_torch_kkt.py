@@ -31,7 +31,7 @@ PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
 DUAL_TOL = 1e-8
 """Certificate: subgradient condition of the scaled problem (its data are O(1))."""
-GREEDY_PASSES = 4
+GREEDY_PASSES = 2
 """Active-set steps that fix every weight leaving its piece at once (fast, may cycle); later
 steps fix only the first weight hit, which cannot cycle."""
 MAX_PASSES = 30

@@ -19,6 +19,7 @@ import pandas as pd
 
 from model.errors import PortfolioTrainerError
 from ray_jobs.ensemble import SEEDS_DIR
+from ray_jobs.cli import run_cli
 
 CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
 
@@ -108,12 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("experiment_dir", help="the ensemble's experiment folder (STORAGE/NAME)")
     p.add_argument("--out", default=None, help="output folder (default: EXPERIMENT_DIR/analysis)")
     args = p.parse_args(argv)
-    try:
-        analyze(Path(args.experiment_dir), args.out)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: analyze(Path(args.experiment_dir), args.out))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Rebalances every ``horizon`` days over the test split (non-overlapping holding p
 policy trading from its previous weights, net of ``portfolio.tc_rate`` per unit traded, all under
 the training constraints.  Policies: the ensemble, each member, 1/N, minimum variance and sample
 mean-variance.  The baselines estimate from the ``ESTIMATION_DAYS`` daily returns up to the
-decision date (no look-ahead), scale to the horizon, and shrink the covariance towards its diagonal.
+decision date (no look-ahead), scale to the horizon, shrink the covariance towards its diagonal,
+and optimise without the cost term (costs are charged all the same).
 Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -28,24 +30,38 @@ ESTIMATION_DAYS = 252
 SHRINKAGE = 0.2  # weight of the diagonal target in the sample covariance
 
 
-def sample_moments(returns: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and shrunk covariance of horizon returns from daily returns of dates t-E+1..t."""
+def sample_moments(returns: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Horizon mean and shrunk covariance from the daily returns of dates t-E+1..t (no look-ahead).
+
+    Sigma = (1 - s) * S + s * diag(S) with S the sample covariance, kept in factor form for the
+    solver: B = sqrt((1 - s) / (E - 1)) * X_c^T (n, E) and d = s * diag(S), both times horizon.
+    Returns mu (n,), B (n, E), d (n,).
+    """
     window = returns[max(0, t - ESTIMATION_DAYS + 1): t + 1]  # (E, N), dates <= t only
-    mu = window.mean(axis=0) * horizon
-    cov = np.cov(window, rowvar=False)
-    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov))
-    return mu, cov * horizon
+    centred = window - window.mean(axis=0)  # (E, N)
+    e = window.shape[0]
+    factor = np.sqrt((1 - SHRINKAGE) / (e - 1) * horizon) * centred.T  # (N, E)
+    diag = SHRINKAGE * centred.var(axis=0, ddof=1) * horizon  # (N,)
+    return window.mean(axis=0) * horizon, factor, diag
 
 
 def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
-    """Chained solves of minimum variance (use_mean=False) or sample mean-variance, with cvxpy."""
-    from model.portfolio import solve_full_cov
+    """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
+    from model.portfolio import solve_reference
 
+    if indices[0] < ESTIMATION_DAYS - 1:
+        raise PortfolioTrainerError(
+            f"the baselines need {ESTIMATION_DAYS} days of history before the first test rebalance "
+            f"(index {indices[0]}); use a longer panel."
+        )
     n = returns.shape[1]
+    # The classic baselines: no cost term in their objective (with it, 5-day risk is too small
+    # to ever pay for leaving 1/N, and "minimum variance" would be 1/N); costs are still charged.
+    classic = dataclasses.replace(cfg, tc_rate=0.0)
     prev, rows = np.full(n, 1.0 / n), []
     for t in indices:
-        mu, cov = sample_moments(returns, int(t), horizon)
-        w = solve_full_cov(mu if use_mean else np.zeros(n), cov, prev, cfg)
+        mu, factor, diag = sample_moments(returns, int(t), horizon)
+        w = solve_reference(mu if use_mean else np.zeros(n), factor, diag, prev, classic, tol=1e-8)
         rows.append(w)
         prev = w
     return np.vstack(rows)

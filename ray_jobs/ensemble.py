@@ -19,6 +19,7 @@ from pathlib import Path
 
 from model.config import Config, check_device, config_from_dict, load_config
 from model.errors import ConfigError, PortfolioTrainerError
+from ray_jobs.cli import run_cli
 
 # The trial function only waits on its TorchTrainer: a sliver of a CPU, not a whole one.
 TRIAL_DRIVER_CPU = 0.01
@@ -56,6 +57,27 @@ def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> di
     }
 
 
+def seeds_at_once(cfg: Config) -> int:
+    """How many seeds train concurrently: ensemble.max_concurrent, or what the cluster holds.
+
+    A seed needs its workers' CPUs (and GPU shares) plus one CPU for its Ray Data work.  Capping
+    here, instead of letting trials queue inside Ray Train, avoids Train's 60 s worker-group
+    start-up timeout counting a seed that merely waits for resources as a failure.
+    """
+    import ray
+
+    if cfg.ensemble.max_concurrent:
+        return cfg.ensemble.max_concurrent
+    tr = cfg.training
+    resources = ray.cluster_resources()
+    fit = int(resources.get("CPU", 0.0) // (tr.num_workers * tr.cpus_per_worker + 1))
+    if tr.device == "cuda":
+        fit = min(fit, int(resources.get("GPU", 0.0) / (tr.num_workers * tr.gpus_per_worker) + 1e-9))
+    at_once = max(1, fit)
+    print(f"seeds at once: {at_once} (cluster {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU)")
+    return at_once
+
+
 def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
     from ray import tune
 
@@ -64,7 +86,7 @@ def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_p
         param_space={"seed": tune.grid_search([int(s) for s in seeds])},
         tune_config=tune.TuneConfig(
             metric="val_sharpe", mode="max", num_samples=1,
-            max_concurrent_trials=cfg.ensemble.max_concurrent or None,
+            max_concurrent_trials=seeds_at_once(cfg),
         ),
         run_config=tune.RunConfig(
             name=experiment_dir.name,
@@ -149,12 +171,7 @@ def _summarise(grid, experiment_dir: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ class EnsembleInputs:
 
     def windows(self, indices: np.ndarray) -> torch.Tensor:
         """Inputs (K, L, N, F) for decisions ``indices``: dates t-L+1..t only (no targets needed)."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64, device=self.features.device)
+        idx = torch.as_tensor(np.array(indices), dtype=torch.int64, device=self.features.device)
         offsets = torch.arange(-self.lookback + 1, 1, device=idx.device)  # (L,)
         return self.features[idx[:, None] + offsets]  # (K, L, N, F)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from model.errors import DataError, PortfolioTrainerError
 from ray_jobs.inference import EnsembleInputs
+from ray_jobs.cli import run_cli
 
 
 def predict(experiment: Path, out: Path, data=None, date=None, split=None, device="cpu", force=False):
@@ -57,12 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="device to run the members on (default cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    try:
-        predict(Path(args.experiment), Path(args.out), args.data, args.date, args.split, args.device, args.force)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: predict(
+        Path(args.experiment), Path(args.out), args.data, args.date, args.split, args.device, args.force
+    ))
 
 
 if __name__ == "__main__":

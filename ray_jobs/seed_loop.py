@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
