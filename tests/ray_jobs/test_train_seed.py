@@ -149,3 +149,17 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path):
     with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 4, step 9"):
         training_step(cfg, model, optimizer, x, r_daily, r_h, epoch=4, step=9, run_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no update applied
+
+
+def test_two_workers_train_one_seed_data_parallel(ray_cluster, tmp_path):
+    """num_workers=2: DDP over two Ray Train workers, the global batch split between them."""
+    from model.checkpoint import load_model
+    from ray_jobs.seed_run import train_one_seed
+
+    cfg = load_config(SMOKE, ["training.max_epochs=1", "training.num_workers=2", "training.steps_per_epoch=4"])
+    info, _ = train_one_seed(cfg, 5, tmp_path)
+    (epoch,) = _epochs(tmp_path / "seed_5")
+    assert info["epochs_run"] == 1
+    assert epoch["samples"] == 4 * cfg.training.batch_size // 2  # rank 0's half of each global batch
+    model, payload = load_model(tmp_path / "seed_5" / "best.pt")
+    assert payload["epoch"] == 1 and not any(k.startswith("module.") for k in payload["model_state"])
