@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from model.config import check_device, load_config
@@ -76,7 +77,7 @@ def run(cfg, steps: int, warmup: int) -> dict:
     model = XLSTMPortfolio(cfg, device=device.type).to(device).train()
     optimizer, _ = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(0)
-    train = torch.as_tensor(prepared.splits.train)
+    train = torch.as_tensor(np.array(prepared.splits.train))
     timings: dict[str, list[float]] = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -305,6 +305,12 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         enc.num_heads >= 1 and enc.hidden_dim % enc.num_heads == 0, src, "model.encoder.num_heads",
         enc.num_heads, f"must divide hidden_dim = {enc.hidden_dim}",
     )
+    _check(enc.conv1d_kernel_size >= 1, src, "model.encoder.conv1d_kernel_size", enc.conv1d_kernel_size, "must be >= 1")
+    inner = -(-2 * enc.hidden_dim // 64) * 64  # mLSTM's up-projection: 2 x hidden, rounded up to 64
+    _check(
+        "mLSTM" not in enc.cell_types or inner % enc.num_heads == 0, src, "model.encoder.num_heads",
+        enc.num_heads, f"must divide the mLSTM inner width {inner} (2 x hidden_dim rounded up to a multiple of 64)",
+    )
     _check(cfg.model.heads.cov_rank >= 1, src, "model.heads.cov_rank", cfg.model.heads.cov_rank, "must be >= 1")
     _check(cfg.model.heads.min_variance > 0, src, "model.heads.min_variance", cfg.model.heads.min_variance, "must be > 0")
     for key in ("lookback_days", "prediction_horizon", "num_factors", "num_features"):

@@ -27,3 +27,11 @@ class TrainingError(PortfolioTrainerError, RuntimeError):
 
 class CheckpointError(PortfolioTrainerError, RuntimeError):
     """A checkpoint is missing, corrupt or incompatible with the code."""
+
+
+class ShapeError(PortfolioTrainerError, ValueError):
+    """A tensor reaching the model or the losses has the wrong shape, dtype or batch size."""
+
+
+class XlstmVersionError(PortfolioTrainerError, RuntimeError):
+    """The installed xlstm is not the version the fast sLSTM step was checked against."""

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellBase
 
-from model.errors import CheckpointError, PortfolioTrainerError
+from model.errors import CheckpointError, XlstmVersionError
 
 CHECKED_XLSTM_VERSION = "2.0.6"
 """The xlstm release whose vanilla sLSTM internals the fast step was checked against."""
@@ -36,10 +36,6 @@ CHECKED_XLSTM_VERSION = "2.0.6"
 # Internal parameter names of an upstream sLSTM cell and their neutral (external-layout) names.
 # The neutral names differ on purpose: loading a neutral dict raw with strict=True fails loudly.
 _INTERNAL_TO_NEUTRAL = {"_recurrent_kernel_": "recurrent_kernel", "_bias_": "bias"}
-
-
-class XlstmVersionError(PortfolioTrainerError, RuntimeError):
-    """The installed xlstm is not the version the fast sLSTM step was checked against."""
 
 
 def check_xlstm_version() -> None:
