@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from model.errors import SolverError
-from model.qp_torch_ipm import InteriorPoint, IPMState, put, take
+from model.qp_torch_ipm import InteriorPoint, IPMState, clone, put, take
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
@@ -236,8 +236,9 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
     fixed, reached = ~A.free, ~blocked.unsqueeze(1)
     excess = torch.where(fixed & reached, torch.maximum(left - g, g - right), 0.0)  # (B, n)
-    # Free only the worst weight per step: freeing several at once can cycle at degenerate points.
-    worst = excess == excess.amax(1, keepdim=True)
+    # Strict steps free only the worst weight: freeing several at once can cycle at degenerate
+    # points.  Greedy steps free every violator (fast when the interior point was loose).
+    worst = (excess == excess.amax(1, keepdim=True)) | greedy
     go_right = worst & (g > right + DUAL_TOL) & fixed & reached
     go_left = worst & (g < left - DUAL_TOL) & fixed & reached
     primal = torch.where(A.free, torch.maximum(lower - w_pol, w_pol - upper).clamp_min(0.0), 0.0).amax(1)
@@ -274,7 +275,7 @@ def solve_exact(ipm: InteriorPoint, S: IPMState):
     A = classify(ipm, S)
     lower, upper = _segment(ipm, A)
     w_cur = torch.where(A.free, torch.minimum(torch.maximum(S.x[..., 0], lower), upper), A.value)
-    w_out, A_out = torch.empty_like(w_cur), take(A, slice(None))
+    w_out, A_out = torch.empty_like(w_cur), clone(A)
     idx = torch.arange(w_cur.shape[0], device=w_cur.device)  # batch positions of the live elements
     cur, S_cur = ipm, S
     for k in range(MAX_PASSES):
