@@ -135,7 +135,7 @@ def predict_moments(cfg: Config, model, source, indices: np.ndarray):
     model.eval()
     parts = []
     for chunk in np.array_split(indices, max(1, int(np.ceil(len(indices) / cfg.training.batch_size)))):
-        x, _, _ = source.gather(torch.as_tensor(chunk, dtype=torch.int64, device=source.features.device))
+        x, _, _ = source.gather(torch.as_tensor(np.array(chunk), dtype=torch.int64, device=source.features.device))
         with autocast(cfg, source.features.device):
             parts.append([t.float() for t in model.predict_moments(x)])
     return [torch.cat(ts) for ts in zip(*parts)]
@@ -148,7 +148,7 @@ def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str 
     idx = rebalance_indices(split_indices, h)
     mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
     weights, w_prev = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
-    _, r_daily, r_horizon = source.gather(torch.as_tensor(idx, dtype=torch.int64, device=source.features.device))
+    _, r_daily, r_horizon = source.gather(torch.as_tensor(np.array(idx), dtype=torch.int64, device=source.features.device))
     losses = compute_losses(
         mu, cov_factor, cov_diag, weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, h,
