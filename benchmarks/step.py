@@ -34,6 +34,7 @@ def _sync(device: torch.device) -> None:
 
 def one_step(cfg, model, optimizer, source, indices, device, timings: dict) -> None:
     from model.losses import compute_losses
+    from model.network import solve_device
     from ray_jobs.steps import autocast, equal_weights
 
     def mark(name, start):
@@ -48,9 +49,11 @@ def one_step(cfg, model, optimizer, source, indices, device, timings: dict) -> N
     with autocast(cfg, device):
         mu, cov_factor, cov_diag = model.predict_moments(x)
     t = mark("encoder_forward", t)
-    w_prev = equal_weights(x.shape[0], cfg.data.num_factors, device)
-    moments = [m.detach().requires_grad_(True) for m in (mu, cov_factor, cov_diag)]
+    dev = solve_device(device)  # the CPU on MPS (no float64 there)
+    w_prev = equal_weights(x.shape[0], cfg.data.num_factors, dev)
+    moments = [m.detach().to(dev).requires_grad_(True) for m in (mu, cov_factor, cov_diag)]
     weights = model.portfolio(*(m.double() for m in moments), w_prev)
+    r_daily, r_horizon = r_daily.to(dev), r_horizon.to(dev)
     t = mark("portfolio_forward", t)
     losses = compute_losses(*moments, weights, w_prev, r_horizon, r_daily, cfg.training, cfg.portfolio.tc_rate,
                             cfg.data.prediction_horizon)
@@ -58,7 +61,7 @@ def one_step(cfg, model, optimizer, source, indices, device, timings: dict) -> N
     grads = torch.autograd.grad(losses["loss"], moments)
     t = mark("portfolio_and_loss_backward", t)
     optimizer.zero_grad(set_to_none=True)
-    torch.autograd.backward([mu, cov_factor, cov_diag], list(grads))
+    torch.autograd.backward([mu, cov_factor, cov_diag], [g.to(mu.device) for g in grads])
     t = mark("encoder_backward", t)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip_norm)
     optimizer.step()

@@ -4,7 +4,9 @@ x (B, L, N, F) --encoder--> h (B, H) --heads--> mu (B, N), cov_factor (B, N, k),
 --portfolio layer (float64)--> weights (B, N).
 
 The encoder and heads run in float32 (bf16 autocast possible on CUDA; the heads' outputs stay
-float32); the portfolio layer receives float64 copies and solves outside autocast.
+float32); the portfolio layer receives float64 copies and solves outside autocast.  Apple MPS has
+no float64, so on MPS the solve (and the float64 loss) runs on the CPU: the moments cross to the
+CPU inside autograd and the weights come back on the CPU (:func:`solve_device`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from model.heads import MomentHeads, check_shape
 from model.portfolio import PortfolioLayer
 
 
+def solve_device(device: torch.device) -> torch.device:
+    """Where the float64 portfolio solve runs for a model on ``device``: the CPU for MPS."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 class ModelOutput(NamedTuple):
     """What one forward pass returns (a NamedTuple: fine for torch.compile and DDP)."""
 
@@ -30,7 +37,7 @@ class ModelOutput(NamedTuple):
     cov_diag: torch.Tensor
     """(B, N) float32: idiosyncratic variances d > 0."""
     weights: torch.Tensor
-    """(B, N) float64: portfolio weights from the portfolio layer."""
+    """(B, N) float64: portfolio weights, on ``solve_device`` of the model's device."""
 
 
 class XLSTMPortfolio(nn.Module):
@@ -91,13 +98,15 @@ class XLSTMPortfolio(nn.Module):
         """
         mu, cov_factor, cov_diag = self.predict_moments(x)  # (B, N), (B, N, k), (B, N)
         batch = mu.shape[0]
+        dev = solve_device(mu.device)
         if w_prev is None:
-            w_prev = torch.full((batch, self.n_assets), 1.0 / self.n_assets, dtype=torch.float64, device=mu.device)
+            w_prev = torch.full((batch, self.n_assets), 1.0 / self.n_assets, dtype=torch.float64, device=dev)
         else:
             check_shape("w_prev", w_prev, (batch, self.n_assets), hint="(batch, factors) like x")
-            w_prev = w_prev.to(device=mu.device, dtype=torch.float64)
+            w_prev = w_prev.to(device=dev, dtype=torch.float64)
         # The solve is float64 and must not be autocast to bf16.
         with torch.autocast(device_type=mu.device.type, enabled=False):
-            weights = self.portfolio(mu.double(), cov_factor.double(), cov_diag.double(), w_prev)  # (B, N)
+            moments = [t.to(dev).double() for t in (mu, cov_factor, cov_diag)]
+            weights = self.portfolio(*moments, w_prev)  # (B, N)
         check_shape("weights from the portfolio layer", weights, (batch, self.n_assets))
         return ModelOutput(mu, cov_factor, cov_diag, weights)

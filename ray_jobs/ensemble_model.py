@@ -19,6 +19,7 @@ import torch
 from model.checkpoint import load_model
 from model.config import Config
 from model.errors import CheckpointError
+from model.network import solve_device
 from model.portfolio import PortfolioLayer
 from ray_jobs.evaluation import chain_solves
 from ray_jobs.seed_run import FINISHED
@@ -76,7 +77,8 @@ class Ensemble:
     @torch.no_grad()
     def member_moments(self, x: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """x (B, L, N, F) -> seed -> (mu (B, N), cov_factor (B, N, k), cov_diag (B, N))."""
-        return {seed: tuple(t.double() for t in m.predict_moments(x)) for seed, m in self.members.items()}
+        dev = solve_device(x.device)  # float64 moments: the CPU on MPS
+        return {seed: tuple(t.to(dev).double() for t in m.predict_moments(x)) for seed, m in self.members.items()}
 
     @staticmethod
     def combine(moments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 
 from model.config import Config
 from model.losses import compute_losses
+from model.network import solve_device
 from ray_jobs.evaluation import chain_solves, rebalance_indices, score_weights
 
 LOSS_KEYS = ("loss", "loss_return", "loss_cov", "loss_sharpe", "loss_tc")
@@ -65,11 +66,15 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping)."""
     from ray_jobs.seed_loop import assert_finite
 
-    w_prev = equal_weights(x.shape[0], cfg.data.num_factors, x.device)
+    dev = solve_device(x.device)  # the CPU on MPS (no float64 there)
+    w_prev = equal_weights(x.shape[0], cfg.data.num_factors, dev)
     with autocast(cfg, x.device):
         out = fwd(x, w_prev)
+    mu, cov_factor, cov_diag, r_daily, r_horizon = (
+        t.to(dev) for t in (out.mu, out.cov_factor, out.cov_diag, r_daily, r_horizon)
+    )
     losses = compute_losses(
-        out.mu, out.cov_factor, out.cov_diag, out.weights, w_prev, r_horizon, r_daily,
+        mu, cov_factor, cov_diag, out.weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon,
     )
     assert_finite(losses["loss"].detach(), "loss", epoch, step, run_dir)
@@ -146,9 +151,11 @@ def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str 
     """Validation losses, Sharpe and turnover at non-overlapping rebalances, net of costs."""
     h = cfg.data.prediction_horizon
     idx = rebalance_indices(split_indices, h)
-    mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
+    dev = solve_device(source.features.device)
+    mu, cov_factor, cov_diag = (t.to(dev) for t in predict_moments(cfg, model, source, idx))
     weights, w_prev = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
     _, r_daily, r_horizon = source.gather(torch.as_tensor(np.array(idx), dtype=torch.int64, device=source.features.device))
+    r_daily, r_horizon = r_daily.to(dev), r_horizon.to(dev)
     losses = compute_losses(
         mu, cov_factor, cov_diag, weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, h,
