@@ -70,7 +70,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     seed_everything(seed)  # before the model is built: same init on every rank
     model = XLSTMPortfolio(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
-    state = _restore(model, optimizer, scheduler, device)
+    state = _restore(cfg, model, optimizer, scheduler, device, loop_config.get("resume_from"))
     fwd = model
     if world > 1:
         fwd = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -176,15 +176,24 @@ def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepar
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _restore(model, optimizer, scheduler, device) -> SeedState:
-    """Resume from Ray's latest checkpoint (a restarted worker or a restored run)."""
+def _restore(cfg, model, optimizer, scheduler, device, resume_from=None) -> SeedState:
+    """Resume from Ray's latest checkpoint (a restarted worker), else from ``resume_from`` (the
+    last checkpoint of an earlier, interrupted run of this seed), else start fresh."""
     from model.checkpoint import load_checkpoint, load_neutral_state_dict
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            payload = load_checkpoint(Path(folder) / CHECKPOINT_FILE, map_location=device)
+    elif resume_from:
+        payload = load_checkpoint(resume_from, map_location=device)
+        if payload["config"] != cfg.to_dict():
+            raise TrainingError(
+                f"{resume_from} belongs to an interrupted run of this seed with a different config; "
+                "resume it with the same config, or choose another output folder."
+            )
+    else:
         return SeedState()
-    with checkpoint.as_directory() as folder:
-        payload = load_checkpoint(Path(folder) / CHECKPOINT_FILE, map_location=device)
     load_neutral_state_dict(model, payload["model_state"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

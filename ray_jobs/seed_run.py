@@ -46,6 +46,19 @@ def train_dataset(train_indices, cfg: Config, seed: int = 0) -> "ray.data.Datase
     return ray.data.from_items(items).randomize_block_order(seed=seed)
 
 
+def latest_checkpoint(run_dir: Path) -> Optional[str]:
+    """The newest checkpoint file Ray persisted for an interrupted run of this seed, if any.
+
+    Handed to the workers (Train V2 dropped ``resume_from_checkpoint``) so that a re-run
+    (``train.py`` again, or a restored Tune trial) continues after its last finished epoch
+    instead of starting over; ``ray.train.get_checkpoint()`` still wins within one run.
+    """
+    from ray_jobs.seed_loop import CHECKPOINT_FILE
+
+    found = sorted(d for d in Path(run_dir).glob("checkpoint_*") if (d / CHECKPOINT_FILE).exists())
+    return str(found[-1] / CHECKPOINT_FILE) if found else None
+
+
 def check_cluster_devices(cfg: Config) -> None:
     """On a cluster the driver may have no GPU: check the cluster, not this process."""
     tr = cfg.training
@@ -79,7 +92,8 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path,
-                           "fail_after_epoch": fail_after_epoch, "n_train": len(train_indices)},
+                           "fail_after_epoch": fail_after_epoch, "n_train": len(train_indices),
+                           "resume_from": latest_checkpoint(run_dir)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tr.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
         ),
