@@ -9,8 +9,9 @@ Per batch element the layer returns the exact maximiser of::
 (and w_prev).  Two backends, chosen by ``portfolio.solver``:
 
 - ``cvxpylayers``: the reference; diffcp with ECOS / Clarabel / SCS on the CPU.
-- ``torch``: an exact batched interior point + active-set polish in float64 torch on the
-  inputs' device, with an implicit-KKT backward (:mod:`model.qp_torch`); ~20-40x faster.
+- ``torch``: an exact batched solve in float64 torch on the inputs' device (dual Newton, and
+  an interior point + active-set polish where that is ill-conditioned) with an implicit-KKT
+  backward (:mod:`model.qp_torch`); 8-27x faster than cvxpylayers/ECOS (docs/portfolio.md).
 
 Every solution of either backend is checked (finite, not all zero, budget, bounds, leverage);
 a failed or infeasible solve raises :class:`SolverError` naming the batch element.  Nothing is

@@ -1,6 +1,6 @@
-"""Batched primal-dual interior-point solve of the portfolio QP in pure torch (float64).
+"""Batched primal-dual interior point for the portfolio QP (the robust stage of the torch backend).
 
-Per batch element (scaled so that the data are O(1), see :func:`scale_problem`)::
+Per batch element, on the scaled problem of :mod:`model.qp_torch_newton`::
 
     minimise   0.5 w^T Q w - mu^T w + c * sum(t)
     subject to 1^T w = 1,
@@ -8,91 +8,33 @@ Per batch element (scaled so that the data are O(1), see :func:`scale_problem`):
                long_only:  0 <= w <= max_weight
                long_short: a >= |w|,  sum(a) <= leverage
 
-with Q = F F^T + diag(d) (F = sqrt(2 gamma) * cov_factor).  The variables of one asset are the
-slots ``x[..., :]`` = (w, [t], [a]); its inequality rows G x <= h are ordered
-[bounds..., plus rows of the |.| pairs..., minus rows...] so that pair p bounds aux slot p + 1.
-Every row but the leverage row touches one asset, so eliminating t and a leaves
-``M = diag(d + D) + F F^T`` in w (Woodbury: one k x k Cholesky per element) plus the budget row
-and, for long_short, the leverage row (kept as a row: its weight grows without bound).
+with Q = F F^T + diag(d).  The variables of one asset are the slots ``x[..., :]`` = (w, [t], [a]);
+its inequality rows G x <= h are ordered [bounds..., plus rows of the |.| pairs..., minus rows...]
+so that pair p bounds aux slot p + 1.  Every row but the leverage row touches one asset, so
+eliminating t and a leaves ``M = diag(d + D) + F F^T`` in w (Woodbury: one k x k Cholesky per
+element) plus the budget row and, for long_short, the leverage row (kept as a row: its weight
+grows without bound when it binds).
 
 Mehrotra predictor-corrector from an infeasible start.  No python loop over the batch; elements
-that converge are stored and dropped, so the last iterations only carry the stragglers.  Every
-line is written for few torch calls: on CPU the per-call overhead, not the flops, sets the time.
-The solution is then polished on its active set and differentiated by :mod:`model.qp_torch_kkt`.
+that converge are stored and dropped.  The point is then polished on its active set and certified
+by :mod:`model.qp_torch_kkt`.  Lines are written for few, in-place torch calls: on CPU the memory
+traffic of fresh (B, n, J) tensors and the per-call overhead set the time, not the flops.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 from model.errors import SolverError
+from model.qp_torch_newton import QPSettings, Scaled, clone, put, take
 
 START = 0.1
-"""Initial slacks and multipliers of the interior point (scaled problem); 0.1 took ~15% fewer
-iterations than 1 on random problems."""
-
-
-@dataclass(frozen=True)
-class QPSettings:
-    """Static problem data of the torch backend (from :class:`model.config.PortfolioConfig`)."""
-
-    long_only: bool
-    max_weight: Optional[float]
-    """Upper bound per weight (long_only only); None = no upper bound."""
-    leverage: float
-    """Gross leverage limit sum |w| <= leverage (long_short only)."""
-    risk_aversion: float
-    tc_rate: float
-    tol: float = 1e-9
-    """Interior-point stop: primal and dual residuals of the scaled problem (data O(1))."""
-    gap_tol: float = 1e-10
-    """Interior-point stop: mean complementarity; small enough to tell active rows apart."""
-    max_iter: int = 60
-    """Iteration cap; reaching it raises SolverError (never returns an unconverged point)."""
-
-    @classmethod
-    def from_config(cls, cfg) -> "QPSettings":
-        """Build from a PortfolioConfig (max_weight only applies to long_only)."""
-        long_only = cfg.constraint == "long_only"
-        return cls(
-            long_only=long_only,
-            max_weight=cfg.max_weight if long_only else None,
-            leverage=float(cfg.leverage),
-            risk_aversion=float(cfg.risk_aversion),
-            tc_rate=float(cfg.tc_rate),
-        )
-
-
-@dataclass
-class Scaled:
-    """The problem divided by a per-element scale so that tolerances mean the same everywhere."""
-
-    mu: torch.Tensor  # (B, n)
-    F: torch.Tensor  # (B, n, k)   sqrt(2 gamma / scale) * cov_factor
-    d: torch.Tensor  # (B, n)      2 gamma * cov_diag / scale
-    c: torch.Tensor  # (B, 1)      tc_rate / scale
-    w_prev: torch.Tensor  # (B, n)
-    scale: torch.Tensor  # (B, 1)
-
-
-def scale_problem(mu, cov_factor, cov_diag, w_prev, st: QPSettings) -> Scaled:
-    """Divide the objective by its largest coefficient (the minimiser does not change)."""
-    two_gamma = 2.0 * st.risk_aversion
-    var = two_gamma * (cov_diag + cov_factor.square().sum(-1))  # (B, n) diag of 2 gamma Sigma
-    scale = torch.maximum(mu.abs().amax(1), var.amax(1)).clamp_min(st.tc_rate)  # (B,)
-    scale = scale.clamp_min(1e-300).unsqueeze(1)  # (B, 1)
-    return Scaled(
-        mu=mu / scale,
-        F=cov_factor * (two_gamma / scale).sqrt().unsqueeze(2),
-        d=two_gamma * cov_diag / scale,
-        c=st.tc_rate / scale,
-        w_prev=w_prev,
-        scale=scale,
-    )
+"""Initial slacks and multipliers (scaled problem); 0.1 took ~15% fewer iterations than 1."""
+ACCEPTABLE = 1e-6
+"""Residuals (and 1e-2 of it for the gap) accepted at the iteration cap; the polish certifies."""
 
 
 class Layout:
@@ -103,8 +45,7 @@ class Layout:
         pairs = (["t"] if self.tc else []) + (["a"] if self.ls else [])  # aux slots, |.| pairs
         self.slot = {name: i for i, name in enumerate(["w"] + pairs)}
         bounds = (["lo"] + (["hi"] if st.max_weight is not None else [])) if st.long_only else []
-        plus = {"t": "tc+", "a": "ls+"}
-        minus = {"t": "tc-", "a": "ls-"}
+        plus, minus = {"t": "tc+", "a": "ls+"}, {"t": "tc-", "a": "ls-"}
         names = bounds + [plus[p] for p in pairs] + [minus[p] for p in pairs]
         self.row = {name: j for j, name in enumerate(names)}
         self.nb, self.P = len(bounds), len(pairs)
@@ -135,9 +76,11 @@ class IPMState:
 class InteriorPoint:
     """One batched solve: builds the constant tables once, then iterates Mehrotra steps."""
 
-    def __init__(self, p: Scaled, st: QPSettings):
+    def __init__(self, p: Scaled, st: QPSettings, offset: torch.Tensor | None = None):
         self.p, self.st, self.lay = p, st, Layout(st)
         lay, opts = self.lay, dict(dtype=p.mu.dtype, device=p.mu.device)
+        # batch positions in the caller's batch, for error messages
+        self.offset = torch.arange(p.mu.shape[0], device=p.mu.device) if offset is None else offset
         self.G = torch.tensor(lay.G, **opts)  # (J, V)
         self.GT = self.G.T.contiguous()  # (V, J)
         self.FT = p.F.transpose(1, 2).contiguous()  # (B, k, n)
@@ -152,7 +95,7 @@ class InteriorPoint:
 
     def subset(self, idx: torch.Tensor) -> "InteriorPoint":
         """The same solver restricted to batch elements idx."""
-        return InteriorPoint(take(self.p, idx), self.st)
+        return InteriorPoint(take(self.p, idx), self.st, self.offset[idx])
 
     def start(self) -> IPMState:
         """Infeasible start: w = 1/n, t = |w - w_prev| + START, a = 1/n, s = z = START."""
@@ -200,9 +143,9 @@ class InteriorPoint:
     def factor(self, S: IPMState) -> dict:
         """Factor the reduced Newton system once per iteration (predictor and corrector share it).
 
-        The aux slots are eliminated per asset: each |.| pair with weights W+, W- leaves
-        4 W+ W- / (W+ + W-) >= 0 on w (no cancellation).  The leverage row stays a row with
-        -(sum 1/Ka + 1/WL) on the diagonal of its Schur complement: WL -> inf when it binds.
+        Each |.| pair with weights W+, W- leaves 4 W+ W- / (W+ + W-) >= 0 on w (no cancellation)
+        once its aux slot is eliminated.  The leverage row has -(sum 1/Ka + 1/WL) on the diagonal
+        of its Schur complement: WL -> inf when it binds, which a rank-1 term could not take.
         """
         lay, nb, P = self.lay, self.lay.nb, self.lay.P
         W = S.z / S.s  # (B, n, J) barrier weights
@@ -218,8 +161,7 @@ class InteriorPoint:
         chol = torch.linalg.cholesky((self.FT @ DF).add_(self.eye))  # (B, k, k)
         f.update(Dinv=Dinv, DF=DF, chol=chol)
         if lay.ls:  # rows of the saddle system: budget, leverage (after eliminating a)
-            Ka = f["K"][..., -1]
-            f["invKa"] = 1.0 / Ka
+            f["invKa"] = 1.0 / f["K"][..., -1]
             E = torch.stack([torch.ones_like(Dinv), -f["CK"][..., -1]], 1)  # (B, 2, n)
             XE = self._minv(f, E.transpose(1, 2))  # (B, n, 2)
             schur = E @ XE  # (B, 2, 2)
@@ -241,7 +183,7 @@ class InteriorPoint:
         Returns dx (B, n, V), dy (B, 1) and zeta (B, 1) = the leverage row's multiplier step
         minus its constant part (long_short) or None.
         """
-        nb, P = self.lay.nb, self.lay.P
+        P = self.lay.P
         raux = rx[..., 1:]  # (B, n, P)
         rw = rx[..., 0] - _lastsum(f["CK"] * raux) if P else rx[..., 0]
         Xr = self._minv(f, rw.unsqueeze(-1))  # (B, n, 1)
@@ -321,8 +263,7 @@ class InteriorPoint:
     def iterate(self, S: IPMState, res) -> None:
         """One Mehrotra predictor-corrector step, in place."""
         f = self.factor(S)
-        sz = S.s * S.z
-        szL = S.sL * S.zL
+        sz, szL = S.s * S.z, S.sL * S.zL
         aff = self.direction(S, res, f, sz, szL)
         a_aff = self.max_step(S, aff)  # (B, 1)
         a3 = a_aff.unsqueeze(-1)
@@ -345,7 +286,7 @@ class InteriorPoint:
         """
         S = self.start()
         out = clone(S)  # final states, filled as elements converge
-        idx = torch.arange(S.y.shape[0], device=S.y.device)  # batch positions of the live elements
+        idx = torch.arange(S.y.shape[0], device=S.y.device)  # positions of the live elements
         cur = self
         for it in range(self.st.max_iter):
             done, worst, res = cur.converged(S)
@@ -360,8 +301,15 @@ class InteriorPoint:
             if not bool(torch.isfinite(worst).all()):
                 break
             cur.iterate(S, res)
+        # At the cap: rounding can stall the last digits (primal ~1e-7); such points still tell
+        # the active set apart and the polish certifies (or refuses) them.  Others are failures.
         done, worst, _ = cur.converged(S)
-        raise _not_converged(idx[~done], worst[~done], self.st)
+        done = done | ((worst[:, :2] <= ACCEPTABLE).all(1) & (worst[:, 2] <= ACCEPTABLE * 1e-2))
+        if bool(done.all()):
+            put(out, idx, S, slice(None))
+            out.iterations = self.st.max_iter
+            return dataclasses.replace(out, y=out.y[:, 0], sL=out.sL[:, 0], zL=out.zL[:, 0])
+        raise _not_converged(cur.offset[~done], worst[~done], self.st)
 
 
 def _lastsum(x: torch.Tensor) -> torch.Tensor:
@@ -372,33 +320,13 @@ def _lastsum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def take(obj, idx):
-    """Batch elements idx (index, mask or slice) of a dataclass of tensors; other fields shared."""
-    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return dataclasses.replace(obj, **{k: v[idx] for k, v in values.items() if isinstance(v, torch.Tensor)})
-
-
-def clone(obj):
-    """A copy of a dataclass of tensors (tensor fields cloned)."""
-    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return dataclasses.replace(obj, **{k: v.clone() for k, v in values.items() if isinstance(v, torch.Tensor)})
-
-
-def put(out, idx: torch.Tensor, obj, mask: torch.Tensor) -> None:
-    """out[idx] = obj[mask] for every tensor field (in place)."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, torch.Tensor):
-            getattr(out, f.name)[idx] = value[mask]
-
-
 def _not_converged(bad_idx: torch.Tensor, worst: torch.Tensor, st: QPSettings) -> SolverError:
-    """The error for elements (global indices bad_idx) still unconverged; worst (len(bad), 3)."""
+    """The error for elements (caller's indices bad_idx) still unconverged; worst (len(bad), 3)."""
     bad = bad_idx.tolist()
     p, r, g = worst[0].tolist()
     hint = ""
-    if p > 1e3 * st.tol:
-        hint = (" A primal residual that does not vanish means the constraints cannot all hold"
+    if p > 1e-6:
+        hint = (" A primal residual that does not vanish means the constraints may not all hold"
                 " (infeasible: e.g. max_weight * n_assets < 1): check portfolio.max_weight / leverage.")
     return SolverError(
         f"torch portfolio solver: batch element {bad[0]} (of {len(bad)} failing: {bad[:8]}) did not converge"

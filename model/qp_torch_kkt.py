@@ -1,9 +1,10 @@
-"""Active-set polish, KKT certificate and the exact backward pass of the torch portfolio solver.
+"""Active-set polish and KKT certificate for the interior-point stage of the torch backend.
 
-After the interior point (:mod:`model.qp_torch_ipm`) every asset is either *fixed* at a breakpoint of
-its piecewise-linear cost (a bound 0 / max_weight, the no-trade kink w_prev, the leverage kink 0)
-or *free* on a linear piece with a known slope.  On that active set the optimum solves the
-equality-constrained QP ("active KKT system")::
+Used for the elements the dual Newton stage (:mod:`model.qp_torch_newton`) does not certify.
+After the interior point (:mod:`model.qp_torch_ipm`) every asset is either *fixed* at a
+breakpoint of its piecewise-linear cost (a bound 0 / max_weight, the no-trade kink w_prev, the
+leverage kink 0) or *free* on a linear piece with a known slope.  On that active set the
+optimum solves the equality-constrained QP ("active KKT system")::
 
     [P Q P + (I - P)   P E^T] [x]   [P r]        w = x + a   (a = fixed values, 0 on free)
     [E P               0    ] [y] = [e - E a]    P = diag(free)
@@ -11,11 +12,8 @@ equality-constrained QP ("active KKT system")::
 with Q = F F^T + diag(d), r = mu - c * slope - Q a, E = [1; sign(w) if the leverage binds].
 The polished w is exact to rounding; it is accepted only with a KKT certificate (primal
 feasibility + every g_i = mu_i - (Q w)_i - lambda inside the subdifferential of asset i's cost).
-
-The backward pass differentiates this system with the active set held fixed (implicit function
-theorem).  At a degenerate point (w_i == w_prev_i, or a bound with a zero multiplier) the problem
-is not differentiable; the gradient returned is the one of the active set the solver identified,
-i.e. such coordinates are treated as fixed (a one-sided derivative).
+A wrong guess of the interior point's active set is corrected by primal active-set steps.
+:func:`solve_active_kkt` is also the linear solve of the backward pass (:mod:`model.qp_torch`).
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from model.errors import SolverError
-from model.qp_torch_ipm import InteriorPoint, IPMState, clone, put, take
+from model.qp_torch_ipm import InteriorPoint, IPMState
+from model.qp_torch_newton import clone, put, take
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
@@ -101,7 +100,7 @@ def _q_times(F, d, v):
 
 def _side(x, right: bool):
     """Slope of |x| just right (or left) of x, as float +-1."""
-    return torch.where(x >= 0 if right else x > 0, 1.0, -1.0)
+    return 2.0 * (x >= 0 if right else x > 0).to(x.dtype) - 1.0
 
 
 def classify(ipm: InteriorPoint, S: IPMState) -> ActiveSet:
@@ -132,11 +131,11 @@ def classify(ipm: InteriorPoint, S: IPMState) -> ActiveSet:
     slope, sign = torch.zeros_like(value), torch.sign(value)
     if lay.tc:
         zp, zm = S.z[..., lay.row["tc+"]], S.z[..., lay.row["tc-"]]
-        slope = torch.where(fixed, 0.0, torch.where(zp >= zm, 1.0, -1.0))
+        slope = torch.where(fixed, 0.0, 2.0 * (zp >= zm).to(zp.dtype) - 1.0)
     lev = torch.zeros_like(fixed[:, 0])
     if lay.ls:
         zp, zm = S.z[..., lay.row["ls+"]], S.z[..., lay.row["ls-"]]
-        sign = torch.where(fixed, torch.sign(value), torch.where(zp >= zm, 1.0, -1.0))
+        sign = torch.where(fixed, torch.sign(value), 2.0 * (zp >= zm).to(zp.dtype) - 1.0)
         lev = S.zL > S.sL
     return ActiveSet(~fixed, value, at_prev, slope, sign, lev)
 
@@ -203,13 +202,33 @@ def _free_towards(ipm: InteriorPoint, A: ActiveSet, go_right, go_left):
     return torch.where(moved, slope, A.slope), torch.where(moved, sign, A.sign)
 
 
+def _dual_moves(ipm: InteriorPoint, A: ActiveSet, w_pol, y, blocked):
+    """Which fixed weight to free (B, n) x2 (towards right / left), the dual violation (B,), nu (B,).
+
+    Only where the face minimiser was reached (not blocked); g = mu - Q w - lambda must lie in
+    the subgradient [left, right] of each fixed weight's cost.
+    """
+    p = ipm.p
+    lam, nu = y[:, 0], torch.where(A.lev, y[:, 1], 0.0)  # (B,) budget and leverage multipliers
+    g = p.mu - _q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n)
+    left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
+    fixed, reached = ~A.free, ~blocked.unsqueeze(1)
+    excess = torch.where(fixed & reached, torch.maximum(left - g, g - right), 0.0)  # (B, n)
+    # Free only the worst weight per step: freeing several at once can cycle at degenerate points.
+    worst = excess == excess.amax(1, keepdim=True)
+    go_right = worst & (g > right + DUAL_TOL) & fixed & reached
+    go_left = worst & (g < left - DUAL_TOL) & fixed & reached
+    dual = torch.where(fixed, torch.maximum(left - g, g - right).clamp_min(0.0), 0.0).amax(1)
+    return go_right, go_left, torch.maximum(dual, (-nu).clamp_min(0.0)), nu
+
+
 def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, greedy: bool):
     """One step of a primal active-set method (per element, batched).
 
     Move from w_cur (on the face of A) towards the face minimiser w_pol; if a free weight hits
     the end of its linear piece first, stop there and fix it (the objective only decreases, so
-    this cannot cycle).  If w_pol is reached, free the fixed weights whose subgradient condition
-    fails.  Leverage: the row is dropped when its multiplier is negative and added when
+    this cannot cycle).  If w_pol is reached, free the fixed weight whose subgradient
+    condition fails most.  Leverage: the row is dropped when its multiplier is negative and added when
     sum |w| > leverage.
 
     Returns the new (A, w_cur, w_pol), whether the element is done (B,) and its KKT violations.
@@ -231,19 +250,8 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     value = torch.where(hit, torch.where(delta < 0, lower, upper), A.value)
     w_cur = torch.where(hit, value, w_cur)
 
-    lam, nu = y[:, 0], torch.where(A.lev, y[:, 1], 0.0)  # (B,) budget and leverage multipliers
-    g = p.mu - _q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n) must lie in the subgradient
-    left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
-    fixed, reached = ~A.free, ~blocked.unsqueeze(1)
-    excess = torch.where(fixed & reached, torch.maximum(left - g, g - right), 0.0)  # (B, n)
-    # Strict steps free only the worst weight: freeing several at once can cycle at degenerate
-    # points.  Greedy steps free every violator (fast when the interior point was loose).
-    worst = (excess == excess.amax(1, keepdim=True)) | greedy
-    go_right = worst & (g > right + DUAL_TOL) & fixed & reached
-    go_left = worst & (g < left - DUAL_TOL) & fixed & reached
+    go_right, go_left, dual, nu = _dual_moves(ipm, A, w_pol, y, blocked)
     primal = torch.where(A.free, torch.maximum(lower - w_pol, w_pol - upper).clamp_min(0.0), 0.0).amax(1)
-    dual = torch.where(fixed, torch.maximum(left - g, g - right).clamp_min(0.0), 0.0).amax(1)
-    dual = torch.maximum(dual, (-nu).clamp_min(0.0))
     lev_on, lev_off = torch.zeros_like(A.lev), A.lev & (nu < -DUAL_TOL) & ~blocked
     if lay.ls:
         gross = w_pol.abs().sum(1) - st.leverage
@@ -276,7 +284,7 @@ def solve_exact(ipm: InteriorPoint, S: IPMState):
     lower, upper = _segment(ipm, A)
     w_cur = torch.where(A.free, torch.minimum(torch.maximum(S.x[..., 0], lower), upper), A.value)
     w_out, A_out = torch.empty_like(w_cur), clone(A)
-    idx = torch.arange(w_cur.shape[0], device=w_cur.device)  # batch positions of the live elements
+    idx = torch.arange(w_cur.shape[0], device=w_cur.device)  # positions of the live elements
     cur, S_cur = ipm, S
     for k in range(MAX_PASSES):
         A_next, w_cur, w_pol, done, primal, dual = step(cur, S_cur, A, w_cur, k < GREEDY_PASSES)
@@ -289,7 +297,7 @@ def solve_exact(ipm: InteriorPoint, S: IPMState):
         idx, A, w_cur, S_cur = idx[live], take(A_next, live), w_cur[live], take(S_cur, live)
         cur = ipm.subset(idx)
     raise SolverError(
-        f"torch portfolio solver: batch element {int(idx[0])} (of {len(idx)}): the active set"
+        f"torch portfolio solver: batch element {int(cur.offset[0])} (of {len(idx)}): the active set"
         f" did not settle in {MAX_PASSES} steps after the interior point (KKT violation: primal"
         f" {float(primal[live][0]):.1e}, dual {float(dual[live][0]):.1e}; nearly degenerate problem)."
         " Use portfolio.solver = cvxpylayers for this data, or report it with the inputs."

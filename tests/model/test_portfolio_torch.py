@@ -2,9 +2,9 @@
 
 Problems are built so that the solution has weights at 0, at max_weight, at the no-trade kink
 w_prev (w_prev = the optimum of a nearby problem) and a binding leverage row: the gradient must
-still match finite differences there, because the active set is stable under a 1e-8 nudge (1e-7 already moves one weight off its
-kink in the long_short_tc case: the one-sided derivatives agree with ours up to 1e-8).
-"""
+still match finite differences there, because the active set is stable under a 1e-8 nudge
+(1e-7 already moved one weight off its kink in a long_short_tc case; the one-sided derivatives
+agreed with ours up to 1e-8)."""
 
 from __future__ import annotations
 
@@ -14,28 +14,38 @@ import pytest
 import torch
 
 from model.errors import SolverError
+from model.config import PortfolioConfig
+from model.portfolio import solve_reference
 from model.qp_torch import QPSettings, solve_portfolio_qp
-from model.qp_torch_ipm import InteriorPoint, scale_problem
-from model.qp_torch_kkt import classify, solve_exact
+from model.qp_torch_newton import DualNewton, scale_problem
 
 SETTINGS = {
     "long_only": QPSettings(long_only=True, max_weight=None, leverage=1.0, risk_aversion=2.0, tc_rate=0.0),
-    "long_only_max_weight_tc": QPSettings(long_only=True, max_weight=0.2, leverage=1.0, risk_aversion=2.0, tc_rate=0.0005),
+    "long_only_max_weight_tc": QPSettings(long_only=True, max_weight=0.2, leverage=1.0, risk_aversion=2.0,
+                                          tc_rate=0.0005),
     "long_short": QPSettings(long_only=False, max_weight=None, leverage=1.3, risk_aversion=2.0, tc_rate=0.0),
     "long_short_tc": QPSettings(long_only=False, max_weight=None, leverage=1.3, risk_aversion=2.0, tc_rate=0.0005),
 }
 
 
-def binding_problem(st: QPSettings, batch=3, n=8, k=2, seed=0):
+def binding_problem(st: QPSettings, batch=3, n=8, k=2, seed=0, lift=True):
     """Inputs whose solution sits on bounds / kinks: w_prev is the optimum for a perturbed mu."""
     g = torch.Generator().manual_seed(seed)
     mu = 0.004 * torch.randn(batch, n, generator=g, dtype=torch.float64)
     factor = 0.05 / k**0.5 * torch.randn(batch, n, k, generator=g, dtype=torch.float64)
     diag = 1e-3 + 4e-3 * torch.rand(batch, n, generator=g, dtype=torch.float64)
     start = torch.full((batch, n), 1.0 / n, dtype=torch.float64)
+    # long_short: w_prev from a lower leverage.  At exactly the same leverage the weights held at
+    # w_prev could alone decide the binding leverage row, a (structurally) degenerate point.
+    prev_st = st if st.long_only else dataclasses.replace(st, leverage=st.leverage - 0.2)
     prev = solve_portfolio_qp(mu + 0.002 * torch.randn(batch, n, generator=g, dtype=torch.float64),
-                              factor, diag, start, st)
-    return mu, factor, diag, prev
+                              factor, diag, start, prev_st)
+    # Lift w_prev off 0: where w_prev = 0 is also a bound or the |w| kink, the two kinks coincide
+    # and the solution map has different one-sided derivatives (a degenerate point).
+    lift = 0.002 * torch.rand(batch, n, generator=g, dtype=torch.float64) * (prev.abs() < 1e-12) * lift
+    prev = prev + lift
+    top = prev.argmax(1, keepdim=True)
+    return mu, factor, diag, prev.scatter_add(1, top, -lift.sum(1, keepdim=True))  # sum stays 1
 
 
 def active_counts(w, prev, st):
@@ -85,8 +95,32 @@ def test_gradients_match_finite_differences_with_binding_constraints(name):
         assert lev > 0, "leverage never binds"
     fd = finite_difference_grads(inputs, v, st)
     for label, leaf, num in zip(("mu", "cov_factor", "cov_diag", "w_prev"), leaves, fd):
-        err = float((leaf.grad - num).abs().max() / num.abs().max().clamp_min(1e-12))
+        # (the floor: without costs d/dw_prev is exactly 0 and FD returns rounding noise ~1e-8)
+        err = float((leaf.grad - num).abs().max() / num.abs().max().clamp_min(1e-2))
         assert err <= 1e-4, f"{name}: d/d{label} relative error {err:.1e} (measured ~1e-9)"
+
+
+def test_w_prev_gradient_where_both_kinks_sit_at_zero():
+    """long_short, w = w_prev = 0: the cost kink and the |w| kink coincide; the steeper one holds
+    the weight.  Where both one-sided differences agree the gradient must match them."""
+    st = SETTINGS["long_short_tc"]
+    inputs = binding_problem(st, lift=False)
+    v = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    w = solve_portfolio_qp(*leaves, st)
+    (w * v).sum().backward()
+    checked = 0
+    for b, i in ((w.detach().abs() < 1e-15) & (inputs[3].abs() < 1e-15)).nonzero().tolist():
+        sides = []
+        for sign in (1.0, -1.0):
+            prev = inputs[3].clone()
+            prev[b, i] += sign * 1e-8
+            moved = solve_portfolio_qp(inputs[0], inputs[1], inputs[2], prev, st)
+            sides.append(float(((moved - w.detach())[b] * v[b]).sum()) / (sign * 1e-8))
+        if abs(sides[0] - sides[1]) < 1e-6:  # differentiable here
+            assert float(leaves[3].grad[b, i]) == pytest.approx(sides[0], abs=1e-6)
+            checked += 1
+    assert checked > 0, "no weight with w = w_prev = 0 at a differentiable point"
 
 
 def test_gradient_at_the_no_trade_kink_treats_the_weight_as_fixed():
@@ -102,35 +136,46 @@ def test_gradient_at_the_no_trade_kink_treats_the_weight_as_fixed():
     assert float(leaves[3].grad[b, i]) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_many_near_degenerate_elements_are_solved_exactly():
-    """A batch where w_prev is the previous optimum: most weights sit at kinks, some within
-    1e-6 of them; the active-set polish must still settle on the exact optimum."""
-    st = SETTINGS["long_short_tc"]
+def reference_cfg(st: QPSettings) -> PortfolioConfig:
+    return PortfolioConfig(constraint="long_only" if st.long_only else "long_short", max_weight=st.max_weight,
+                           leverage=st.leverage, risk_aversion=st.risk_aversion, tc_rate=st.tc_rate)
+
+
+@pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
+def test_many_near_degenerate_elements_are_solved_exactly(name):
+    """w_prev = the previous optimum and a small change in mu: most weights sit at their no-trade
+    kink, many within ~1e-6 of leaving it; the Newton solve must land on the exact optimum."""
+    st = SETTINGS[name]
     g = torch.Generator().manual_seed(3)
-    n, k, batch = 20, 3, 64
+    n, k, batch = 20, 3, 48
     mu = 0.004 * torch.randn(batch, n, generator=g, dtype=torch.float64)
     factor = 0.05 / k**0.5 * torch.randn(batch, n, k, generator=g, dtype=torch.float64)
     diag = 1e-3 + 4e-3 * torch.rand(batch, n, generator=g, dtype=torch.float64)
     prev = solve_portfolio_qp(mu, factor, diag, torch.full((batch, n), 1.0 / n, dtype=torch.float64), st)
     mu2 = mu + 1e-4 * torch.randn(batch, n, generator=g, dtype=torch.float64)
     w = solve_portfolio_qp(mu2, factor, diag, prev, st)
-    p = scale_problem(mu2, factor, diag, prev, st)
-    ipm = InteriorPoint(p, st)
-    state = ipm.solve()
-    A = classify(ipm, state)
-    assert int((~A.free).sum()) > batch * n // 2, "test problem should be mostly at kinks"
-    w_exact, _ = solve_exact(ipm, state)
-    assert torch.equal(w, w_exact)
-    from model.portfolio import solve_reference
-    from model.config import PortfolioConfig
+    assert int(((w - prev).abs() < 1e-12).sum()) > batch * n // 2, "test problem should be mostly at kinks"
+    ref = torch.from_numpy(solve_reference(mu2, factor, diag, prev, reference_cfg(st)))
+    assert float((w - ref).abs().max()) <= 1e-6
 
-    cfg = PortfolioConfig(constraint="long_short", leverage=st.leverage, risk_aversion=st.risk_aversion,
-                          tc_rate=st.tc_rate)
-    assert float((w - torch.from_numpy(solve_reference(mu2, factor, diag, prev, cfg))).abs().max()) <= 1e-6
+
+def test_no_trade_solution_where_every_weight_is_fixed():
+    """A cost so high that w = w_prev for every asset: the Newton matrix loses its budget
+    curvature (g is piecewise linear there); the ridge must still reach the certificate, and
+    the gradient is 0 for mu and the identity for w_prev."""
+    st = dataclasses.replace(SETTINGS["long_only_max_weight_tc"], tc_rate=0.05)
+    mu, factor, diag, _ = binding_problem(SETTINGS["long_only"], batch=4, n=8)
+    prev = torch.full((4, 8), 1.0 / 8, dtype=torch.float64)
+    leaves = [x.clone().requires_grad_() for x in (mu, factor, diag, prev)]
+    w = solve_portfolio_qp(*leaves, st)
+    assert torch.equal(w.detach(), prev)
+    w[:, 0].sum().backward()
+    assert float(leaves[0].grad.abs().max()) == 0.0
+    assert torch.allclose(leaves[3].grad[:, 0], torch.ones(4, dtype=torch.float64))
 
 
 def test_iteration_cap_raises_instead_of_returning_a_rough_point():
-    st = dataclasses.replace(SETTINGS["long_only_max_weight_tc"], max_iter=3)
+    st = dataclasses.replace(SETTINGS["long_only_max_weight_tc"], newton_max_iter=0, max_iter=3)
     with pytest.raises(SolverError, match=r"batch element \d+ .*did not converge in 3 interior-point iterations"):
         solve_portfolio_qp(*binding_problem(SETTINGS["long_only"]), st)
 
@@ -141,30 +186,44 @@ def test_leverage_below_one_is_infeasible():
         solve_portfolio_qp(*binding_problem(SETTINGS["long_short"]), st)
 
 
-@pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
-def test_active_set_steps_recover_from_a_wrong_guess(name, monkeypatch):
-    """Corrupt the interior point's active set (free weights pinned to 0 / w_prev, pinned weights
-    freed): the primal active-set steps must still reach the certified optimum."""
-    import model.qp_torch_kkt as kkt
+def test_newton_iterations_and_certificate():
+    """The dual Newton stage stops on the KKT certificate (dual gradient <= tol) in a few steps."""
+    st = SETTINGS["long_short_tc"]
+    p = scale_problem(*binding_problem(st, batch=16, n=30, k=4, seed=6), st)
+    solver = DualNewton(p, st)
+    point, certified = solver.solve()
+    assert bool(certified.all())
+    assert float(solver.residual(point).max()) <= st.newton_tol
+    fewer = dataclasses.replace(st, newton_max_iter=3)
+    _, certified = DualNewton(p, fewer).solve()
+    assert not bool(certified.all()), "3 Newton steps should not certify every element here"
 
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_interior_point_stage_agrees_with_the_newton_stage(name):
+    """newton_max_iter = 0 sends every element through the interior point + active-set polish."""
     st = SETTINGS[name]
-    inputs = binding_problem(st, batch=8, n=10, seed=4)
-    exact = solve_portfolio_qp(*inputs, st)
-    true_classify = kkt.classify
+    inputs = binding_problem(st, batch=6, n=12, k=3, seed=2)
+    v = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    results = []
+    for settings in (st, dataclasses.replace(st, newton_max_iter=0)):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        w = solve_portfolio_qp(*leaves, settings)
+        (w * v).sum().backward()
+        results.append([w.detach()] + [x.grad for x in leaves])
+    for a, b in zip(*results):
+        assert float((a - b).abs().max()) <= 1e-9 * max(1.0, float(b.abs().max()))
 
-    def wrong(ipm, state):
-        A = true_classify(ipm, state)
-        flip = torch.rand(A.free.shape, generator=torch.Generator().manual_seed(0)) < 0.3
-        pin, release = flip & A.free, flip & ~A.free  # pin free weights, release pinned ones
-        tc = st.tc_rate > 0
-        pin_value = ipm.p.w_prev if tc else torch.zeros_like(A.value)
-        A.value = torch.where(pin, pin_value, torch.where(release, 0.0, A.value))
-        A.at_prev = (A.at_prev & ~release) | (pin & tc)
-        A.free = (A.free & ~pin) | release
-        A.slope = torch.where(release, 1.0, torch.where(pin, 0.0, A.slope)) * tc
-        A.sign = torch.where(release, 1.0, torch.where(pin, torch.sign(A.value), A.sign))
-        return A
 
-    monkeypatch.setattr(kkt, "classify", wrong)
-    w = solve_portfolio_qp(*inputs, st)
-    assert float((w - exact).abs().max()) <= 1e-9
+@pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
+def test_tiny_idiosyncratic_variance_falls_back_to_the_interior_point(name):
+    """d 1000x below the factor variances: the dual is ill-conditioned and the elements go to
+    the interior point; the answer is still the exact optimum."""
+    st = SETTINGS[name]
+    mu, factor, diag, prev = binding_problem(st, batch=32, n=40, k=4, seed=8)
+    diag = diag * 1e-3
+    _, certified = DualNewton(scale_problem(mu, factor, diag, prev, st), st).solve()
+    assert not bool(certified.all()), "the test should exercise the interior-point stage"
+    w = solve_portfolio_qp(mu, factor, diag, prev, st)
+    ref = torch.from_numpy(solve_reference(mu, factor, diag, prev, reference_cfg(st)))
+    assert float((w - ref).abs().max()) <= 1e-6
