@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,17 @@ def _free_port() -> int:
 def _ray(args, env, timeout=300):
     ray_bin = str(Path(sys.executable).parent / "ray")
     return subprocess.run([ray_bin, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for_job_agent(address: str, env: dict, timeout_s: float = 120.0) -> None:
+    """`ray start` returns before the job agent is up ("No available agent to submit job")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = _ray(["job", "list", "--address", address], env, timeout=60)
+        if listed.returncode == 0:
+            return
+        assert time.monotonic() < deadline, listed.stderr[-2000:]
+        time.sleep(2)
 
 
 def test_ray_job_submit_runs_the_ensemble(tmp_path):
@@ -51,12 +63,17 @@ def test_ray_job_submit_runs_the_ensemble(tmp_path):
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         storage = tmp_path / "runs"
-        job = _ray([
-            "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
-            "python", "-m", "ray_jobs.ensemble", "--config", "configs/model_config_cpu_smoke.yaml",
-            "--seeds", "42", "--storage", str(storage), "--name", "job",
-            "--set", "training.max_epochs=1",
-        ], env, timeout=600)
+        _wait_for_job_agent(f"http://127.0.0.1:{dash}", env)
+        for attempt in range(6):  # the agent can still be starting after `job list` answers
+            job = _ray([
+                "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
+                "python", "-m", "ray_jobs.ensemble", "--config", "configs/model_config_cpu_smoke.yaml",
+                "--seeds", "42", "--storage", str(storage), "--name", "job",
+                "--set", "training.max_epochs=1",
+            ], env, timeout=600)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(5)
         assert job.returncode == 0, (job.stdout[-4000:], job.stderr[-2000:])
         job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
         status = _ray(["job", "status", "--address", f"http://127.0.0.1:{dash}", job_id], env)
