@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 help:
 	@echo "make test   - set up .venv and run the test suite"
-	@echo "make demo   - set up .venv and run the 5-seed CPU ensemble demo (about 6 min on 2 cores)"
+	@echo "make demo   - set up .venv and run the 5-seed CPU ensemble demo (about 4-6 min on 2 cores)"
 	@echo "make clean  - remove .venv and demo outputs"
 
 $(PY):
