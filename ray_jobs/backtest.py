@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data import horizon_returns
 from model.errors import PortfolioTrainerError
 from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
 from ray_jobs.inference import EnsembleInputs
@@ -92,7 +93,7 @@ def run_backtest(experiment: Path, data=None, device: str = "cpu") -> tuple[pd.D
     if len(idx) < 2:
         raise PortfolioTrainerError(f"the test split has {len(idx)} rebalance(s); a backtest needs >= 2.")
     returns = inputs.panel.returns
-    r_h = np.stack([np.prod(1 + returns[t + 1: t + h + 1], axis=0) - 1 for t in idx])  # (K, N)
+    r_h = horizon_returns(returns, h)[idx]  # (K, N) compounded t+1..t+h
     x = inputs.windows(idx)
     policies = {"ensemble": ens.weights(x).cpu().numpy()}
     policies.update({f"seed {s}": w.cpu().numpy() for s, w in ens.member_weights(x).items()})

@@ -21,11 +21,9 @@ from model.config import Config
 from model.errors import CheckpointError
 from model.network import solve_device
 from model.portfolio import PortfolioLayer
+from ray_jobs.ensemble import SEEDS_DIR
 from ray_jobs.evaluation import chain_solves
 from ray_jobs.seed_run import FINISHED
-
-SEEDS_DIR = "seeds"
-
 
 def best_checkpoints(experiment_dir: Path) -> dict[int, Path]:
     """seed -> best.pt of every seed run in the experiment (by its own best val_sharpe)."""

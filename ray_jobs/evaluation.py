@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-TRADING_DAYS = 252
+from model.heads import TRADING_DAYS_PER_YEAR as TRADING_DAYS
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,6 @@ class PolicyResult:
     @property
     def mean_turnover(self) -> float:
         return float(self.turnover.mean())
-
-
-def rebalance_indices(split_indices: np.ndarray, horizon: int) -> np.ndarray:
-    """Every ``horizon``-th decision date of a split: non-overlapping holding periods."""
-    return np.asarray(split_indices)[::horizon]
 
 
 def annualised_sharpe(net: np.ndarray, horizon: int) -> float:

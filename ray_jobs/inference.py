@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from data import Normalizer, Panel, load_panel
-from data.splits import splits_for
+from data.splits import rebalance_indices, splits_for
 from model.errors import DataError
 from ray_jobs.ensemble_model import Ensemble
 
@@ -70,7 +70,7 @@ class EnsembleInputs:
     def split_rebalances(self, split: str) -> np.ndarray:
         """Non-overlapping rebalance decisions (every horizon-th) of a split."""
         splits = splits_for(len(self.panel.dates), self.ensemble.cfg.data)
-        return np.asarray(getattr(splits, split))[:: self.horizon]
+        return rebalance_indices(np.asarray(getattr(splits, split)), self.horizon)
 
     def long_frame(self, indices: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
         """One row per (date, factor) with a ``weight`` column."""

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.splits import rebalance_indices
 from model.config import Config
 from model.losses import compute_losses
 from model.network import solve_device
-from ray_jobs.evaluation import chain_solves, rebalance_indices, score_weights
+from ray_jobs.evaluation import chain_solves, score_weights
 
 LOSS_KEYS = ("loss", "loss_return", "loss_cov", "loss_sharpe", "loss_tc")
 

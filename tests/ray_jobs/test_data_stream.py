@@ -18,7 +18,6 @@ pytestmark = pytest.mark.slow
 def _collect(config):
     """Train-loop stand-in: iterate this worker's shard for 2 epochs, check every window."""
     import ray.train
-    import torch
 
     from data import prepare
     from ray_jobs.steps import epoch_batches

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_jobs.evaluation import annualised_sharpe, chain_solves, max_drawdown, rebalance_indices, score_weights
+from data.splits import rebalance_indices
+from ray_jobs.evaluation import annualised_sharpe, chain_solves, max_drawdown, score_weights
 
 
 def _random_policy(seed=0, k=40, n=6):

@@ -76,7 +76,8 @@ def test_checkpoint_reproduces_reported_validation_with_pandas(smoke_run):
     """latest.pt reloads; its weights give the reported val_sharpe_ratio, recomputed with pandas."""
     from data import prepare
     from model.checkpoint import load_checkpoint, load_model
-    from ray_jobs.evaluation import chain_solves, rebalance_indices
+    from data.splits import rebalance_indices
+    from ray_jobs.evaluation import chain_solves
     from ray_jobs.steps import predict_moments
 
     cfg, run_dir, _, _ = smoke_run
