@@ -20,8 +20,10 @@ from typing import Iterator, Optional
 
 log = logging.getLogger(__name__)
 
-# Unix sockets live under the temp dir; their paths must stay below ~107 bytes.
-_MAX_TEMP_DIR_LEN = 60
+# Unix sockets live under the temp dir and must stay below 107 bytes.  Ray appends
+# "/session_<date>_<time>_<usec>_<pid>" (~38) and "/sockets/dash_<Module>Head" (up to ~30):
+# a temp dir longer than 30 bytes gets a short link instead (a 45-byte one broke the dashboard).
+_MAX_TEMP_DIR_LEN = 30
 
 
 def ensure_auth_token(root: Path) -> Path:
