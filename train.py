@@ -14,12 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
+from model.cli import CliParser, run_cli
 from model.config import check_device, load_config
-from model.errors import PortfolioTrainerError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python train.py",
         description="Train one seed through Ray Train's TorchTrainer (a local 127.0.0.1 cluster, or RAY_ADDRESS).",
     )
@@ -36,14 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: run(args))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
     import os
 
     cfg = load_config(args.config, args.overrides)
@@ -51,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output or cfg.training.output_dir).resolve()
     panel_path = args.data or cfg.data.panel_path
     if not os.environ.get("RAY_ADDRESS"):
-        check_device(cfg.training.device)  # the local cluster is this machine
+        check_device(cfg.training.device, cfg.training.precision)  # the local cluster is this machine
     from ray_jobs.seed_run import seed_run_name, train_one_seed
 
     info, _ = train_one_seed(cfg, seed, output, panel_path, num_cpus=args.num_cpus)
@@ -60,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
           f"of {info['epochs_run']} ({info['stop_reason']})")
     print(f"best checkpoint: {info['best_checkpoint']}")
     print(f"TensorBoard:     tensorboard --logdir {run_dir / 'tensorboard'}")
-    return 0
 
 
 if __name__ == "__main__":

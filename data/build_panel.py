@@ -28,13 +28,13 @@ dropped: the panel starts at the 252nd input date.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from model.cli import CliParser, run_cli
 from model.errors import DataError
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -201,8 +201,27 @@ def read_returns(path: str | Path, percent: bool = False) -> pd.DataFrame:
     return df / 100.0 if percent else df
 
 
+def build(returns: str, out: str, force: bool = False, percent: bool = False) -> None:
+    """Read the wide returns table, featurize it and write the panel (refusing an existing --out)."""
+    from data.panel import read_panel, write_panel
+
+    out = Path(out)
+    if out.exists() and not force:  # refuse before the work, not after it
+        raise DataError(f"{out} exists; pass --force to replace it.")
+    returns_wide = read_returns(returns, percent)
+    print(f"read {returns_wide.shape[0]} dates x {returns_wide.shape[1]} factors from {returns}", flush=True)
+    long = compute_features(returns_wide)
+    print(f"computed {len(FEATURE_NAMES)} features; dropped {WARMUP_DAYS} warm-up dates", flush=True)
+    write_panel(long, out, overwrite=force)
+    panel = read_panel(out)
+    print(
+        f"wrote {out}: {len(panel.dates)} dates ({panel.dates[0]} .. {panel.dates[-1]}) x "
+        f"{len(panel.factors)} factors x {len(panel.feature_names)} features, fingerprint {panel.fingerprint[:16]}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m data.build_panel",
         description="Build the long factor panel (Parquet) from a wide table of daily simple returns.",
     )
@@ -211,26 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--percent", action="store_true", help="returns are in percent (Ken French CSVs)")
     args = parser.parse_args(argv)
-    from data.panel import read_panel, write_panel
-
-    out = Path(args.out)
-    if out.exists() and not args.force:  # refuse before the work, not after it
-        raise SystemExit(f"error: {out} exists; pass --force to replace it.")
-    returns_wide = read_returns(args.returns, args.percent)
-    print(f"read {returns_wide.shape[0]} dates x {returns_wide.shape[1]} factors from {args.returns}", flush=True)
-    long = compute_features(returns_wide)
-    print(f"computed {len(FEATURE_NAMES)} features; dropped {WARMUP_DAYS} warm-up dates", flush=True)
-    write_panel(long, out, overwrite=args.force)
-    panel = read_panel(out)
-    print(
-        f"wrote {out}: {len(panel.dates)} dates ({panel.dates[0]} .. {panel.dates[-1]}) x "
-        f"{len(panel.factors)} factors x {len(panel.feature_names)} features, fingerprint {panel.fingerprint[:16]}"
-    )
-    return 0
+    return run_cli(lambda: build(args.returns, args.out, args.force, args.percent))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DataError as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(main())

@@ -19,6 +19,10 @@ from model.config import DataConfig
 from model.errors import DataError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+PERCENT_MEDIAN_ABS_RETURN = 0.1
+"""A factor whose median |daily return| exceeds this (a typical day moving 10 %) is in percent."""
+MAX_DAILY_RETURN = 1.0
+"""Largest plausible daily simple return of a factor portfolio (+100 % in one day)."""
 
 
 def _first_null(col: pa.ChunkedArray) -> int:
@@ -112,6 +116,34 @@ def check_finite(values: np.ndarray, name: str, dates, factors, codes) -> None:
             f"column {name!r} has {int(bad.sum())} bad value(s) (NaN, missing, inf or beyond float32); the first "
             f"is {kind} on date {dates[i]}, factor {factors[codes[i]]!r}. Fill or drop them before training."
         )
+
+
+def check_return_units(returns: np.ndarray, dates: np.ndarray, factors) -> None:
+    """Refuse ``ret`` that is not a daily simple return in decimals (0.01 = 1 %).
+
+    ``returns`` is (T, N) float64, ``dates`` (T,), ``factors`` (N,).  Percent units are refused, not
+    rescaled: a guessed factor of 100 would be a silent fallback.
+    """
+    median_abs = np.median(np.abs(returns), axis=0)  # (N,)
+    percent_like = np.flatnonzero(median_abs > PERCENT_MEDIAN_ABS_RETURN)
+    if len(percent_like):
+        i = percent_like[0]
+        raise DataError(
+            f"column 'ret' looks like percent: factor {factors[i]!r} has a median |daily return| of "
+            f"{median_abs[i]:.3g} (> {PERCENT_MEDIAN_ABS_RETURN}; {len(percent_like)} factor(s) in all). "
+            "The contract wants decimals (0.015 = 1.5 %): divide the column by 100, or rebuild the panel "
+            "with python -m data.build_panel --percent."
+        )
+    low, high = returns <= -1.0, returns > MAX_DAILY_RETURN  # (T, N)
+    for bad, rule in ((low, "a daily simple return must be > -1 (-100 %)"),
+                      (high, f"a factor does not gain more than {MAX_DAILY_RETURN:g} (+100 %) in a day")):
+        if bad.any():
+            t, i = np.argwhere(bad)[0]
+            raise DataError(
+                f"column 'ret' has {returns[t, i]:g} on date {dates[t]}, factor {factors[i]!r} "
+                f"({int(bad.sum())} such value(s)): {rule}. Fix that cell; if the file is in percent, divide "
+                "the column by 100."
+            )
 
 
 def date_codes(dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

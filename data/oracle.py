@@ -21,7 +21,6 @@ one-way (half the L1 change).  Sharpe = mean / std (ddof=1) of the net returns *
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import numpy as np
 
 from data.splits import rebalance_indices
 from data.windows import horizon_returns, prepare
+from model.cli import config_parser, run_cli
 from model.config import Config, PortfolioConfig, load_config
-from model.errors import DataError, PortfolioTrainerError, SolverError
+from model.errors import DataError, SolverError
 
 
 @dataclass(frozen=True)
@@ -197,27 +197,22 @@ def format_table(table: dict[str, dict[str, PolicyResult]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m data.oracle",
-        description="Annualised net Sharpe of the oracle, a linear probe and 1/N on each split.",
-    )
-    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
-    parser.add_argument("--data", default=None, help="panel Parquet (default: data.panel_path / synthetic)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
+def report(config: str, data: str | None, overrides: list[str]) -> None:
+    """Print the policy table of a config (and panel)."""
     start = time.perf_counter()
-    try:
-        cfg = load_config(args.config, args.set)
-        table = policy_table(cfg, args.data, progress=True)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(config, overrides)
+    table = policy_table(cfg, data, progress=True)
     d, pf = cfg.data, cfg.portfolio
     print(f"lookback {d.lookback_days}, horizon {d.prediction_horizon}, {pf.constraint}, max_weight "
           f"{pf.max_weight}, gamma {pf.risk_aversion}, tc {pf.tc_rate}  ({time.perf_counter() - start:.1f} s)")
     print(format_table(table))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config_parser(
+        "python -m data.oracle", "Annualised net Sharpe of the oracle, a linear probe and 1/N on each split."
+    ).parse_args(argv)
+    return run_cli(lambda: report(args.config, args.data, args.set))
 
 
 if __name__ == "__main__":

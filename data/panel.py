@@ -8,7 +8,8 @@ Data contract (``docs/data.md``): Parquet, long format, one row per (date, facto
 - the feature columns: every other column, in file order; their count must equal
   ``data.num_features``.
 
-Dates must be non-decreasing in the file and every (date, factor) cell present exactly once.
+Dates must be non-decreasing in the file and every (date, factor) cell present exactly once;
+``ret`` is in decimals (0.01 = 1 %): percent units are refused (:func:`data.contract.check_return_units`).
 :func:`read_panel` checks all of it before anything trains and raises :class:`DataError` naming
 the column, the first bad date or factor, and the fix.  Factors keep their order of first
 appearance in the file.
@@ -145,7 +146,8 @@ def _check_columns(table: pa.Table, path: Path, data_cfg: DataConfig | None) -> 
     if data_cfg is not None and len(feature_cols) != data_cfg.num_features:
         raise DataError(
             f"panel file {str(path)!r} has {len(feature_cols)} feature columns {feature_cols} (every column "
-            f"except date, factor, ret) but data.num_features = {data_cfg.num_features}. Drop the extra "
+            f"except date, factor, ret) but data.num_features = {data_cfg.num_features}. "
+            f"{'Drop the extra' if len(feature_cols) > data_cfg.num_features else 'Add the missing'} "
             "columns or set data.num_features to match."
         )
     if not feature_cols:
@@ -192,6 +194,7 @@ def read_panel(path: str | Path, data_cfg: DataConfig | None = None) -> Panel:
         features[order, k] = numeric[c]
     returns = np.empty(t_len * n, dtype=np.float64)  # (T*N,)
     returns[order] = numeric["ret"]
+    contract.check_return_units(returns.reshape(t_len, n), unique_dates, factors)
     if data_cfg is not None:
         contract.check_sizes(n, t_len, data_cfg, path)
     return Panel.from_arrays(

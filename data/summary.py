@@ -6,12 +6,11 @@ its date range, shape, splits (decision and label date ranges) and fingerprint.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from data.windows import PreparedData, prepare
+from model.cli import config_parser, run_cli
 from model.config import load_config
-from model.errors import PortfolioTrainerError
 
 
 def summary_text(prep: PreparedData, source: str) -> str:
@@ -36,23 +35,16 @@ def summary_text(prep: PreparedData, source: str) -> str:
     return "\n".join(lines)
 
 
+def summarise(config: str, data: str | None, overrides: list[str]) -> None:
+    """Load and validate the panel as training does, then print its summary."""
+    cfg = load_config(config, overrides)
+    prep = prepare(cfg, data)
+    print(summary_text(prep, data or cfg.data.panel_path or "embedded synthetic panel"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m data.summary", description="Validate the factor panel and print its summary."
-    )
-    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
-    parser.add_argument("--data", default=None, help="panel Parquet (default: data.panel_path, else synthetic)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        prep = prepare(cfg, args.data)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    source = args.data or cfg.data.panel_path or "embedded synthetic panel"
-    print(summary_text(prep, source))
-    return 0
+    args = config_parser("python -m data.summary", "Validate the factor panel and print its summary.").parse_args(argv)
+    return run_cli(lambda: summarise(args.config, args.data, args.set))
 
 
 if __name__ == "__main__":

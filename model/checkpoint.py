@@ -98,17 +98,34 @@ def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, 
     payload = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "model_state": state, **extra}
     _check_plain(payload, "checkpoint")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save wraps a failed write in RuntimeError
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {_reason(exc)}; {kept}. Free disk space or fix the "
+            "folder's permissions, then resume."
+        ) from exc
     finally:
-        tmp.unlink(missing_ok=True)  # only left behind when the write failed
+        if tmp.is_file():  # only left behind when the write failed
+            tmp.unlink()
     return path
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS reason of a failed write (torch.save wraps an OSError in a RuntimeError)."""
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return f"[Errno {cause.errno}] {cause.strerror or cause}"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _architecture(cfg: Config) -> tuple:

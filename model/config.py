@@ -437,8 +437,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(apply_overrides(raw, overrides), src)
 
 
-def check_device(name: str) -> str:
-    """Refuse an unavailable device by name.  Returns the torch device string; never substitutes."""
+def check_device(name: str, precision: str = "float32") -> str:
+    """Refuse an unavailable device, or bfloat16 on a GPU without it.  Returns the torch device string.
+
+    Never substitutes another device or precision.  Raises :class:`DeviceError` (a ConfigError)
+    naming ``training.device`` / ``training.precision`` and the fix.
+    """
     import torch
 
     from model.errors import DeviceError
@@ -456,4 +460,11 @@ def check_device(name: str) -> str:
         )
     if name not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"training.device = {name!r} is unknown; use cpu, cuda or mps.")
+    # Native support only: pre-Ampere GPUs emulate bfloat16 at a fraction of float32 speed.
+    if name == "cuda" and precision == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise DeviceError(
+            f"training.precision = 'bfloat16' but this GPU ({torch.cuda.get_device_name()}, compute "
+            f"capability {'.'.join(map(str, torch.cuda.get_device_capability()))}) has no bfloat16 support. "
+            "Pass --set training.precision=float32 or run on an Ampere-or-newer GPU (A100, H100)."
+        )
     return name

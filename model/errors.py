@@ -9,8 +9,11 @@ class ConfigError(PortfolioTrainerError, ValueError):
     """A config file, key or value is wrong (unknown key, wrong type, inconsistent values)."""
 
 
-class DeviceError(PortfolioTrainerError, RuntimeError):
-    """The configured device is not available.  We never fall back to another device."""
+class DeviceError(ConfigError, RuntimeError):
+    """The configured device (or its precision) is not available.  We never fall back to another device.
+
+    A ConfigError too: the fix is a config value (``training.device`` / ``training.precision``).
+    """
 
 
 class DataError(PortfolioTrainerError, ValueError):

@@ -9,7 +9,6 @@ EXPERIMENT_DIR/analysis).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -17,20 +16,33 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.errors import PortfolioTrainerError
+from model.errors import CheckpointError
+from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.ensemble import SEEDS_DIR
-from ray_jobs.cli import run_cli
 
 CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
+
+
+def check_experiment(experiment_dir: Path) -> Path:
+    """The resolved experiment folder; refuses one without Tune's experiment state (before any write)."""
+    experiment_dir = Path(experiment_dir).resolve()
+    if not experiment_dir.is_dir():
+        raise CheckpointError(
+            f"experiment folder {experiment_dir} does not exist; pass STORAGE/NAME of an ensemble run."
+        )
+    if not any(experiment_dir.glob("experiment_state-*.json")):
+        raise CheckpointError(
+            f"{experiment_dir} holds no Tune experiment (no experiment_state-*.json); pass STORAGE/NAME of an "
+            "ensemble run (python -m ray_jobs.ensemble --storage STORAGE --name NAME)."
+        )
+    return experiment_dir
 
 
 def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
     """Per-seed DataFrame of every reported epoch, from Tune's own records."""
     from ray.tune import ExperimentAnalysis
 
-    experiment_dir = Path(experiment_dir).resolve()
-    if not experiment_dir.is_dir():
-        raise PortfolioTrainerError(f"experiment folder {experiment_dir} does not exist.")
+    experiment_dir = check_experiment(experiment_dir)
     analysis = ExperimentAnalysis(str(experiment_dir))
     frames = {}
     for trial in analysis.trials:
@@ -39,7 +51,7 @@ def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
             df = pd.DataFrame(columns=["epoch", *CURVES])
         frames[int(trial.config["seed"])] = df.sort_values("epoch") if "epoch" in df else df
     if not frames:
-        raise PortfolioTrainerError(f"{experiment_dir} holds no trials.")
+        raise CheckpointError(f"{experiment_dir} holds no trials.")
     return dict(sorted(frames.items()))
 
 
@@ -92,7 +104,7 @@ def plot_curves(frames: dict[int, pd.DataFrame], path: Path) -> None:
 
 
 def analyze(experiment_dir: Path, out: Path | None = None) -> pd.DataFrame:
-    experiment_dir = Path(experiment_dir).resolve()
+    experiment_dir = check_experiment(experiment_dir)
     out = Path(out or experiment_dir / "analysis").resolve()
     out.mkdir(parents=True, exist_ok=True)
     table = seed_table(experiment_dir)
@@ -105,7 +117,7 @@ def analyze(experiment_dir: Path, out: Path | None = None) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.analyze", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m ray_jobs.analyze", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment_dir", help="the ensemble's experiment folder (STORAGE/NAME)")
     p.add_argument("--out", default=None, help="output folder (default: EXPERIMENT_DIR/analysis)")
     args = p.parse_args(argv)

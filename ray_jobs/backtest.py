@@ -13,7 +13,6 @@ Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -24,6 +23,7 @@ import pandas as pd
 
 from data import horizon_returns
 from model.errors import PortfolioTrainerError
+from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
 from ray_jobs.inference import EnsembleInputs
 
@@ -143,26 +143,27 @@ def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: Ensem
     return path
 
 
+def backtest(experiment: Path, out: Path, data=None, device="cpu") -> Path:
+    """Run the test-split backtest and write metrics.csv, equity.png and report.md to ``out``."""
+    table, results, inputs, idx = run_backtest(Path(experiment), data, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only once the experiment has loaded: a refused run writes nothing
+    table.to_csv(out / "metrics.csv", index=False)
+    plot_equity(results, inputs.panel.dates[idx], out / "equity.png")
+    report = write_report(out, Path(experiment), table, inputs, idx)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nreport: {report}")
+    return report
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.backtest", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m ray_jobs.backtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="ensemble experiment folder (STORAGE/NAME)")
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the training one)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--device", default="cpu", help="device for the members (default cpu)")
     args = p.parse_args(argv)
-    try:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        table, results, inputs, idx = run_backtest(Path(args.experiment), args.data, args.device)
-        table.to_csv(out / "metrics.csv", index=False)
-        plot_equity(results, inputs.panel.dates[idx], out / "equity.png")
-        report = write_report(out, Path(args.experiment), table, inputs, idx)
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nreport: {report}")
-    return 0
+    return run_cli(lambda: backtest(Path(args.experiment), Path(args.out), args.data, args.device))
 
 
 if __name__ == "__main__":

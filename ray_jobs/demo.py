@@ -7,50 +7,47 @@ when it already finished, only re-writes the analysis and the report.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from model.config import load_config
-from model.errors import PortfolioTrainerError
+from ray_jobs.cli import CliParser, run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model_config_cpu_demo.yaml"
 
 
+def demo(config: str, output: str, overrides: list[str]) -> None:
+    """Train (or finish) the ensemble, then write the analysis and the backtest report."""
+    start = time.perf_counter()
+    from ray_jobs import analyze, backtest, ensemble
+    from ray_jobs.ensemble_model import load_finished
+
+    cfg = load_config(config, overrides)
+    storage = Path(output).resolve()
+    experiment = storage / cfg.ensemble.name
+    done = load_finished(experiment) if experiment.exists() else {}
+    if len(done) < len(cfg.ensemble.seeds):
+        ens_args = ["--config", config, "--storage", str(storage)]
+        ens_args += [a for o in overrides for a in ("--set", o)]
+        if experiment.exists() and any(experiment.iterdir()):
+            ens_args.append("--resume")
+        ensemble.run(ensemble.parse_args(ens_args))
+    else:
+        print(f"{experiment} already finished; re-writing the analysis and the report.")
+    analyze.analyze(experiment)
+    report = backtest.backtest(experiment, experiment / "report")
+    print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min")
+    print(f"report:   {report}\nanalysis: {experiment / 'analysis'}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.demo", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m ray_jobs.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/demo", help="storage root of the demo experiment")
     p.add_argument("--config", default=str(CONFIG), help="config (default: the CPU demo config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        from ray_jobs import analyze, backtest, ensemble
-        from ray_jobs.ensemble_model import load_finished
-
-        cfg = load_config(args.config, args.overrides)
-        storage = Path(args.output).resolve()
-        experiment = storage / cfg.ensemble.name
-        done = load_finished(experiment) if experiment.exists() else {}
-        if len(done) < len(cfg.ensemble.seeds):
-            ens_args = ["--config", args.config, "--storage", str(storage)]
-            ens_args += [a for o in args.overrides for a in ("--set", o)]
-            if experiment.exists() and any(experiment.iterdir()):
-                ens_args.append("--resume")
-            ensemble.run(ensemble.parse_args(ens_args))
-        else:
-            print(f"{experiment} already finished; re-writing the analysis and the report.")
-        analyze.analyze(experiment)
-        report = experiment / "report"
-        if backtest.main(["--experiment", str(experiment), "--out", str(report)]) != 0:
-            return 2
-    except PortfolioTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min")
-    print(f"report:   {report / 'report.md'}\nanalysis: {experiment / 'analysis'}")
-    return 0
+    return run_cli(lambda: demo(args.config, args.output, args.overrides))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from model.config import Config, check_device, config_from_dict, load_config
-from model.errors import ConfigError, PortfolioTrainerError
-from ray_jobs.cli import run_cli
+from model.errors import ConfigError
+from ray_jobs.cli import CliParser, run_cli
 
 # The trial function only waits on its TorchTrainer: a sliver of a CPU, not a whole one.
 TRIAL_DRIVER_CPU = 0.01
@@ -107,7 +107,7 @@ def restore_tuner(cfg: Config, experiment_dir: Path, train_indices, panel_path):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.ensemble", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m ray_jobs.ensemble", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML config")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: ensemble.seeds)")
     p.add_argument("--storage", default=None, help="storage root (default: ensemble.storage_path)")
@@ -135,7 +135,7 @@ def run(args) -> Path:
             f"{experiment_dir} already holds an experiment; pass --resume to finish it, or choose another --name."
         )
     if not os.environ.get("RAY_ADDRESS"):
-        check_device(cfg.training.device)
+        check_device(cfg.training.device, cfg.training.precision)
     from data import prepare
 
     panel_path = args.data or cfg.data.panel_path
@@ -143,9 +143,11 @@ def run(args) -> Path:
     print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
           f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
     from ray_jobs.ray_cluster import ray_session
-    from ray_jobs.seed_run import check_cluster_devices
+    from ray_jobs.seed_run import check_cluster_devices, clear_failure, ensure_writable
 
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(experiment_dir)
+    for run_dir in sorted((experiment_dir / SEEDS_DIR).glob("seed_*")):
+        clear_failure(run_dir)  # --resume: a seed that stopped on an error gets a new attempt
     with ray_session(experiment_dir, num_cpus=args.num_cpus):
         check_cluster_devices(cfg)
         if args.resume:
@@ -158,12 +160,18 @@ def run(args) -> Path:
 
 def _summarise(grid, experiment_dir: Path) -> Path:
     from ray_jobs.analyze import seed_table
+    from ray_jobs.seed_run import seed_failure, seed_run_name
 
-    errors = [r.error for r in grid if r.error is not None]
+    failed = [(int(r.config["seed"]), r.error) for r in grid if r.error is not None]
     table = seed_table(experiment_dir)
     print("\n" + table.to_string(index=False))
-    if errors:
-        raise PortfolioTrainerError(f"{len(errors)} seed(s) failed; first error: {errors[0]}")
+    if failed:
+        seed, error = failed[0]
+        first = seed_failure(experiment_dir / SEEDS_DIR / seed_run_name(seed), seed, error)
+        raise type(first)(
+            f"{len(failed)} seed(s) failed ({[s for s, _ in failed]}); first: {first}. The other seeds' "
+            f"checkpoints are kept; fix the cause and finish with --resume."
+        )
     print(f"\nexperiment: {experiment_dir}\nanalyse:    python -m ray_jobs.analyze {experiment_dir}")
     return experiment_dir
 

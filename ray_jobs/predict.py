@@ -9,7 +9,6 @@ to 1.  For a split, rebalances are every ``horizon`` days, each trading from the
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import DataError, PortfolioTrainerError
+from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.inference import EnsembleInputs
-from ray_jobs.cli import run_cli
 
 
 def predict(experiment: Path, out: Path, data=None, date=None, split=None, device="cpu", force=False):
@@ -48,7 +47,7 @@ def predict(experiment: Path, out: Path, data=None, date=None, split=None, devic
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="ensemble experiment folder (STORAGE/NAME)")
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the one in the config, else the embedded panel)")
     which = p.add_mutually_exclusive_group(required=True)

@@ -5,7 +5,7 @@
 
 Token authentication stays on for local clusters, but the token lives in ``root/ray_auth_token``
 (not ``~/.ray``): we export ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so the cluster
-and every worker agree (the auth-mode trap in docs/cluster.md).
+and every worker agree (the auth-mode trap in docs/training.md).
 """
 
 from __future__ import annotations

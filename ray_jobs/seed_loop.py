@@ -23,9 +23,10 @@ import ray.train
 import torch
 
 from model.config import Config, check_device, config_from_dict
-from model.errors import TrainingError
+from model.errors import CheckpointError, PortfolioTrainerError, TrainingError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LATEST, BEST, METRICS, FAILED, FINISHED = "latest.pt", "best.pt", "metrics.jsonl", "failed.json", "finished.json"
 
 
 @dataclass
@@ -46,7 +47,7 @@ def seed_everything(seed: int) -> None:
 
 def worker_device(cfg: Config) -> torch.device:
     """The configured device on this worker; refused by name if absent, never replaced."""
-    name = check_device(cfg.training.device)
+    name = check_device(cfg.training.device, cfg.training.precision)
     if name == "cuda":
         return ray.train.torch.get_device()
     return torch.device(name)
@@ -64,13 +65,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     seed, run_dir = int(loop_config["seed"]), Path(loop_config["run_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    refuse_failed(run_dir)
     device = worker_device(cfg)
     prepared = prepare(cfg, loop_config.get("panel_path"))
     source = prepared.window_source(device)
     seed_everything(seed)  # before the model is built: same init on every rank
     model = XLSTMPortfolio(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
-    state = _restore(cfg, model, optimizer, scheduler, device, loop_config.get("resume_from"))
+    state = _restore(cfg, model, optimizer, scheduler, device, run_dir, rank)
     fwd = model
     if world > 1:
         fwd = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -80,14 +82,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     try:
         _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
-             loop_config.get("fail_after_epoch"), int(loop_config.get("n_train", 100_000)))
+             loop_config.get("fail_after_epoch"), int(loop_config.get("n_train", 100_000)),
+             loop_config.get("nan_input_at"))
+    except PortfolioTrainerError as exc:
+        # Deterministic (a solver failure, a NaN, a refused checkpoint): a restart would replay the
+        # same batches and fail again, so the restarted worker refuses at once (refuse_failed).
+        record_failure(run_dir, exc)
+        raise
     finally:
         if writer is not None:
             writer.close()
 
 
 def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
-         fail_after_epoch=None, n_train=100_000):
+         fail_after_epoch=None, n_train=100_000, nan_input_at=None):
     from ray_jobs.steps import train_epoch, validate
 
     tr = cfg.training
@@ -96,7 +104,8 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
         epoch = state.epoch + 1
         torch.manual_seed(seed * 100_003 + epoch)  # dropout stream: reproducible after a resume
         stats = train_epoch(cfg, fwd, model, optimizer, shard, source, epoch, world, run_dir,
-                            shuffle_buffer=n_train, shuffle_seed=seed * 100_003 + epoch * 101 + rank)
+                            shuffle_buffer=n_train, shuffle_seed=seed * 100_003 + epoch * 101 + rank,
+                            nan_input_at=nan_input_at)
         val = validate(cfg, model, source, prepared.splits.val)
         scheduler.step()
         improved = val["val_sharpe"] > state.best_val_sharpe + tr.min_delta
@@ -116,10 +125,10 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
             break
         _maybe_inject_failure(fail_after_epoch, epoch, run_dir)
     if rank == 0:
-        _write_json(run_dir / "finished.json", {
+        _write_json(run_dir / FINISHED, {
             "seed": seed, "epochs_run": state.epoch, "best_val_sharpe": state.best_val_sharpe,
             "best_epoch": state.best_epoch, "stop_reason": stop_reason,
-            "best_checkpoint": str(run_dir / "best.pt"),
+            "best_checkpoint": str(run_dir / BEST),
         })
 
 
@@ -151,7 +160,13 @@ def _metrics(stats, val: dict, state: SeedState, optimizer, stop: bool) -> dict:
 
 
 def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepared, metrics, improved, writer):
-    """Rank 0 writes latest (and best) atomically, then every rank reports to Ray."""
+    """Rank 0 records the epoch, then every rank reports to Ray.
+
+    Order matters for a crash at any point: the metric history is written first (atomically), then
+    ``latest.pt`` (atomically).  A crash between the two leaves the history one epoch ahead of the
+    checkpoint; the resumed worker trims it back (:func:`trim_history`) and redoes that epoch, so
+    every epoch appears exactly once.
+    """
     from model.checkpoint import save_checkpoint
 
     if rank != 0:
@@ -162,44 +177,152 @@ def _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepar
         state=asdict(state), normalizer=prepared.normalizer.to_dict(),
         data_fingerprint=prepared.panel.fingerprint, metrics=metrics,
     )
-    save_checkpoint(run_dir / "latest.pt", model, cfg, **payload)
+    append_history(run_dir, metrics)
+    save_checkpoint(run_dir / LATEST, model, cfg, **payload)
     if improved:
-        save_checkpoint(run_dir / "best.pt", model, cfg, **payload)
+        save_checkpoint(run_dir / BEST, model, cfg, **payload)
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(key, value, state.epoch)
     writer.flush()
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(metrics) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(run_dir / "latest.pt", Path(tmp) / CHECKPOINT_FILE)
+        shutil.copyfile(run_dir / LATEST, Path(tmp) / CHECKPOINT_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _restore(cfg, model, optimizer, scheduler, device, resume_from=None) -> SeedState:
-    """Resume from Ray's latest checkpoint (a restarted worker), else from ``resume_from`` (the
-    last checkpoint of an earlier, interrupted run of this seed), else start fresh."""
-    from model.checkpoint import load_checkpoint, load_neutral_state_dict
+def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch metric rows of ``metrics.jsonl`` (empty if none yet)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            payload = load_checkpoint(Path(folder) / CHECKPOINT_FILE, map_location=device)
-    elif resume_from:
-        payload = load_checkpoint(resume_from, map_location=device)
+
+def _write_history(run_dir: Path, rows: list[dict]) -> None:
+    tmp = run_dir / f".{METRICS}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, run_dir / METRICS)
+
+
+def append_history(run_dir: Path, metrics: dict) -> None:
+    """Add one epoch's row; the file is replaced atomically, so no torn line survives a crash."""
+    _write_history(run_dir, read_history(run_dir) + [metrics])
+
+
+def trim_history(run_dir: Path, last_epoch: int) -> int:
+    """Drop rows of epochs after ``last_epoch`` (written before a crash, about to be redone)."""
+    rows = read_history(run_dir)
+    kept = [r for r in rows if r["epoch"] <= last_epoch]
+    if len(kept) != len(rows):
+        _write_history(run_dir, kept)
+    return len(rows) - len(kept)
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Every checkpoint of this seed on disk, newest first: ``latest.pt`` and the copies Ray keeps
+    in ``checkpoint_*/`` (``ray.train.get_checkpoint()`` is one of those)."""
+    found = [p for p in [run_dir / LATEST, *run_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}")] if p.is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def newest_good_checkpoint(run_dir: Path, cfg: Config, device) -> tuple[dict | None, Path | None]:
+    """Load the newest readable checkpoint of this seed; a corrupt one is reported and skipped.
+
+    Returns (None, None) when there is no checkpoint at all (a fresh start).  Raises
+    CheckpointError when checkpoints exist but none can be read (never a silent restart from
+    scratch), TrainingError when the checkpoint belongs to another config.
+    """
+    from model.checkpoint import load_checkpoint
+
+    candidates = checkpoint_candidates(run_dir)
+    bad = []
+    for path in candidates:
+        try:
+            payload = load_checkpoint(path, map_location=device)
+        except CheckpointError as exc:
+            print(f"WARNING: skipping unreadable checkpoint: {exc}", flush=True)
+            bad.append(str(exc))
+            continue
         if payload["config"] != cfg.to_dict():
             raise TrainingError(
-                f"{resume_from} belongs to an interrupted run of this seed with a different config; "
+                f"{path} belongs to an interrupted run of this seed with a different config; "
                 "resume it with the same config, or choose another output folder."
             )
-    else:
+        if bad:
+            print(f"resuming from the last good checkpoint {path} (epoch {payload['epoch']})", flush=True)
+            _align_best(run_dir, path, payload)
+        return payload, path
+    if bad:
+        raise CheckpointError(
+            f"every checkpoint of {run_dir} is unreadable, so the run cannot resume: " + "; ".join(bad)
+            + ". Move the folder aside to start this seed over."
+        )
+    return None, None
+
+
+def _align_best(run_dir: Path, path: Path, payload: dict) -> None:
+    """After falling back past a corrupt checkpoint, ``best.pt`` may hold an epoch that is about
+    to be redone; when the resumed checkpoint is itself the best so far, it becomes ``best.pt``."""
+    state = payload["state"]
+    best = run_dir / BEST
+    if state["best_epoch"] == payload["epoch"] and path != best:
+        tmp = run_dir / f".{BEST}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, best)
+    elif best.exists():
+        print(f"WARNING: {best} may hold an epoch after the resume point (best so far: epoch "
+              f"{state['best_epoch']}); a better epoch will replace it", flush=True)
+
+
+def _restore(cfg, model, optimizer, scheduler, device, run_dir: Path, rank: int) -> SeedState:
+    """Continue from the newest good checkpoint of this seed (a restarted worker, or a re-run of an
+    interrupted seed), else start fresh.  Rank 0 trims the metric history to the resumed epoch."""
+    from model.checkpoint import load_neutral_state_dict
+
+    payload, path = newest_good_checkpoint(run_dir, cfg, device)
+    if payload is None:
+        if rank == 0:
+            trim_history(run_dir, 0)
         return SeedState()
     load_neutral_state_dict(model, payload["model_state"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     state = SeedState(**payload["state"])
-    print(f"[seed {payload['seed']}] resuming after epoch {state.epoch} (best val_sharpe {state.best_val_sharpe:.3f})")
+    if rank == 0:
+        dropped = trim_history(run_dir, state.epoch)
+        note = f"; dropped {dropped} metric row(s) of the unfinished epoch" if dropped else ""
+        print(f"[seed {payload['seed']}] resuming after epoch {state.epoch} (best val_sharpe "
+              f"{state.best_val_sharpe:.3f}) from {path}{note}", flush=True)
     return state
+
+
+def record_failure(run_dir: Path, exc: PortfolioTrainerError) -> None:
+    """Keep a deterministic failure's type and message for the driver and for restarted workers."""
+    try:
+        _write_json(run_dir / FAILED, {"type": type(exc).__name__, "message": str(exc)})
+    except OSError:  # e.g. the disk is full: the exception itself still reaches the driver
+        pass
+
+
+def read_failure(run_dir: Path) -> PortfolioTrainerError | None:
+    """The recorded failure of this seed as its typed exception, or None."""
+    from model import errors
+
+    path = Path(run_dir) / FAILED
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    cls = getattr(errors, info.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, PortfolioTrainerError)):
+        cls = TrainingError
+    return cls(info["message"])
+
+
+def refuse_failed(run_dir: Path) -> None:
+    """A worker restarted after a deterministic failure stops at once instead of replaying it."""
+    failure = read_failure(run_dir)
+    if failure is not None:
+        raise failure
 
 
 def _writer(run_dir: Path, last_epoch: int):
@@ -215,12 +338,17 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def assert_finite(value: torch.Tensor, what: str, epoch: int, step: int, run_dir: Path) -> None:
+def stop_note(run_dir: Path) -> str:
+    """What a stopped run leaves behind, for error messages."""
+    last = Path(run_dir) / LATEST
+    return f"training stopped; the last good checkpoint is {last}" if last.exists() else \
+        "training stopped before the first checkpoint"
+
+
+def assert_finite(value: torch.Tensor, what: str, epoch: int, step: int, run_dir: Path, culprits: str = "") -> None:
     """Fail is fail: a NaN/inf stops the run; the last good checkpoint stays on disk."""
     if not torch.isfinite(value).all():
-        last = run_dir / "latest.pt"
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         raise TrainingError(
             f"non-finite {what} ({value.item() if value.numel() == 1 else value}) at epoch {epoch}, "
-            f"step {step}; training stopped, {kept}. Lower training.learning_rate or check the data."
+            f"step {step}{culprits}; {stop_note(run_dir)}. Lower training.learning_rate or check the data."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,10 +13,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from model.config import Config
-from model.errors import DeviceError, TrainingError
-from ray_jobs.seed_loop import train_loop_per_worker
-
-FINISHED = "finished.json"
+from model.errors import DeviceError, PortfolioTrainerError, TrainingError
+from ray_jobs.seed_loop import FINISHED, train_loop_per_worker
 
 
 def seed_run_name(seed: int) -> str:
@@ -46,17 +45,41 @@ def train_dataset(train_indices, cfg: Config, seed: int = 0) -> "ray.data.Datase
     return ray.data.from_items(items).randomize_block_order(seed=seed)
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[str]:
-    """The newest checkpoint file Ray persisted for an interrupted run of this seed, if any.
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove it takes a file, before any training starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_check_"):
+            pass
+    except OSError as exc:
+        raise TrainingError(
+            f"output folder {str(folder)!r} is not writable ({exc.strerror or exc}); "
+            "choose another --output (or --storage) or fix its permissions / free disk space."
+        ) from exc
+    return folder
 
-    Handed to the workers (Train V2 dropped ``resume_from_checkpoint``) so that a re-run
-    (``train.py`` again, or a restored Tune trial) continues after its last finished epoch
-    instead of starting over; ``ray.train.get_checkpoint()`` still wins within one run.
-    """
-    from ray_jobs.seed_loop import CHECKPOINT_FILE
 
-    found = sorted(d for d in Path(run_dir).glob("checkpoint_*") if (d / CHECKPOINT_FILE).exists())
-    return str(found[-1] / CHECKPOINT_FILE) if found else None
+def clear_failure(run_dir: Path) -> None:
+    """A new attempt of a seed that failed before: say so, and let its workers start."""
+    from ray_jobs.seed_loop import FAILED, read_failure
+
+    failure = read_failure(run_dir)
+    if failure is not None:
+        print(f"{run_dir.name}: the previous attempt stopped with {type(failure).__name__}: {failure}; "
+              "trying again from its last good checkpoint")
+        (Path(run_dir) / FAILED).unlink()
+
+
+def seed_failure(run_dir: Path, seed: int, fallback: Exception) -> PortfolioTrainerError:
+    """The typed error a seed's workers recorded (SolverError, TrainingError, ...), else a
+    TrainingError carrying Ray's report."""
+    from ray_jobs.seed_loop import read_failure
+
+    failure = read_failure(run_dir)
+    if failure is None:
+        return TrainingError(f"seed {seed} failed: {fallback}")
+    return type(failure)(f"seed {seed}: {failure}")
 
 
 def check_cluster_devices(cfg: Config) -> None:
@@ -80,8 +103,14 @@ def build_trainer(
     panel_path: Optional[str] = None,
     callbacks: Sequence = (),
     fail_after_epoch: Optional[int] = None,
+    nan_input_at: Optional[tuple] = None,
 ) -> TorchTrainer:
-    """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``."""
+    """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``.
+
+    The workers resume from the newest good checkpoint in that directory (a restarted worker, or a
+    re-run of an interrupted seed: Train V2 dropped ``resume_from_checkpoint``).
+    ``fail_after_epoch`` and ``nan_input_at`` are fault-injection hooks for tests.
+    """
     tr = cfg.training
     name = seed_run_name(seed)
     run_dir = Path(storage_path).resolve() / name
@@ -92,8 +121,8 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path,
-                           "fail_after_epoch": fail_after_epoch, "n_train": len(train_indices),
-                           "resume_from": latest_checkpoint(run_dir)},
+                           "fail_after_epoch": fail_after_epoch, "nan_input_at": nan_input_at,
+                           "n_train": len(train_indices)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tr.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
         ),
@@ -118,10 +147,13 @@ def read_finished(run_dir: Path) -> dict:
 
 
 def train_one_seed(cfg: Config, seed: int, output: Path, panel_path: Optional[str] = None,
-                   num_cpus: Optional[int] = None, fail_after_epoch: Optional[int] = None):
-    """Validate the panel, then fit one seed's TorchTrainer on a local cluster or RAY_ADDRESS.
+                   num_cpus: Optional[int] = None, fail_after_epoch: Optional[int] = None,
+                   nan_input_at: Optional[tuple] = None):
+    """Validate the panel and the output folder, then fit one seed's TorchTrainer on a local
+    cluster or RAY_ADDRESS.  Nothing is written before both checks pass.
 
-    Returns (finished.json contents, Ray's Result).
+    Returns (finished.json contents, Ray's Result).  A failed seed raises the typed error its
+    workers stopped with (SolverError, TrainingError, CheckpointError), else TrainingError.
     """
     from data import prepare
     from ray_jobs.ray_cluster import ray_session
@@ -130,15 +162,17 @@ def train_one_seed(cfg: Config, seed: int, output: Path, panel_path: Optional[st
     run_dir = output / seed_run_name(seed)
     refuse_finished(run_dir)
     prepared = prepare(cfg, panel_path)  # validates the panel before anything trains
+    ensure_writable(output)
+    clear_failure(run_dir)
     print(f"panel: {prepared.panel.features.shape[0]} dates x {len(prepared.panel.factors)} factors x "
           f"{len(prepared.panel.feature_names)} features; train/val/test decisions "
           f"{len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
     with ray_session(output, num_cpus=num_cpus):
         check_cluster_devices(cfg)
         trainer = build_trainer(cfg, seed, output, prepared.splits.train, panel_path=panel_path,
-                                fail_after_epoch=fail_after_epoch)
+                                fail_after_epoch=fail_after_epoch, nan_input_at=nan_input_at)
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            raise TrainingError(f"seed {seed} failed: {exc}") from exc
+            raise seed_failure(run_dir, seed, exc) from exc
     return read_finished(run_dir), result

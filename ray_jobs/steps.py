@@ -12,6 +12,7 @@ import torch
 
 from data.splits import rebalance_indices
 from model.config import Config
+from model.errors import SolverError, TrainingError
 from model.losses import compute_losses
 from model.network import solve_device
 from ray_jobs.evaluation import chain_solves, score_weights
@@ -63,14 +64,33 @@ def equal_weights(batch: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch, n), 1.0 / n, dtype=torch.float64, device=device)  # (B, N)
 
 
+def nonfinite_elements(**tensors: torch.Tensor) -> str:
+    """Which batch elements hold NaN/inf, per named (B, ...) tensor: ``"; batch element(s) ..."``."""
+    parts = []
+    for name, t in tensors.items():
+        bad = (~torch.isfinite(t.detach().float().flatten(1))).any(1).nonzero().flatten().tolist()
+        if bad:
+            parts.append(f"{name} at batch element(s) {bad[:8]}{' ...' if len(bad) > 8 else ''}")
+    if not parts:
+        return "; no batch element holds a NaN or inf: the loss itself overflowed"
+    return "; non-finite " + ", ".join(parts)
+
+
 def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path):
-    """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping)."""
-    from ray_jobs.seed_loop import assert_finite
+    """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping).
+
+    Raises SolverError (a failed solve) or TrainingError (a NaN/inf loss or gradient) naming the
+    epoch, the step and the batch element; no update is applied then.
+    """
+    from ray_jobs.seed_loop import assert_finite, stop_note
 
     dev = solve_device(x.device)  # the CPU on MPS (no float64 there)
     w_prev = equal_weights(x.shape[0], cfg.data.num_factors, dev)
-    with autocast(cfg, x.device):
-        out = fwd(x, w_prev)
+    try:
+        with autocast(cfg, x.device):
+            out = fwd(x, w_prev)
+    except SolverError as exc:
+        raise SolverError(f"epoch {epoch}, step {step}: {exc}; {stop_note(run_dir)}") from exc
     mu, cov_factor, cov_diag, r_daily, r_horizon = (
         t.to(dev) for t in (out.mu, out.cov_factor, out.cov_diag, r_daily, r_horizon)
     )
@@ -78,7 +98,10 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
         mu, cov_factor, cov_diag, out.weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon,
     )
-    assert_finite(losses["loss"].detach(), "loss", epoch, step, run_dir)
+    if not torch.isfinite(losses["loss"].detach()):
+        culprits = nonfinite_elements(x=x, r_daily=r_daily, mu=mu, cov_factor=cov_factor, cov_diag=cov_diag,
+                                      weights=out.weights)
+        assert_finite(losses["loss"].detach(), "loss", epoch, step, run_dir, culprits)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -97,10 +120,13 @@ def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int
 
 
 def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path,
-                shuffle_buffer: int = 100_000, shuffle_seed: int | None = None) -> EpochStats:
+                shuffle_buffer: int = 100_000, shuffle_seed: int | None = None,
+                nan_input_at: tuple | None = None) -> EpochStats:
     """One pass over this worker's shard of freshly shuffled decision indices.
 
     ``training.steps_per_epoch`` stops the pass early: a fresh random subset each epoch.
+    ``nan_input_at = (epoch, step, element)`` is a test hook (set from code, never from a config):
+    that batch element's window becomes NaN, as a corrupt value reaching the model mid-run would.
     """
     model.train()
     per_worker = max(2, cfg.training.batch_size // world)
@@ -111,6 +137,9 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     for step, batch in enumerate(batches, start=1):
         x, r_daily, r_horizon = source.gather(batch["t"].to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
+        if nan_input_at is not None and tuple(nan_input_at[:2]) == (epoch, step):
+            x = x.clone()
+            x[nan_input_at[2]] = float("nan")
         terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir)
         for key in LOSS_KEYS:
             sums[key] += terms[key]
@@ -122,8 +151,6 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     elapsed = time.perf_counter() - start
     steps = len(norms)
     if steps == 0:
-        from model.errors import TrainingError
-
         raise TrainingError(
             f"epoch {epoch}: this worker received no full batch of {per_worker} training windows; "
             "lower training.batch_size or training.num_workers."

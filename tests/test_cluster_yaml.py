@@ -42,6 +42,59 @@ def test_head_and_h100_workers_installing_this_project():
 
 
 def test_dashboard_is_not_exposed_publicly():
-    head_cmds = " ".join(_load()["head_start_ray_commands"])
+    cfg = _load()
+    head_cmds = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_cmds
-    assert "0.0.0.0" not in head_cmds
+    every_cmd = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] + cfg["setup_commands"])
+    assert "0.0.0.0" not in every_cmd and "::" not in every_cmd
+    assert "--ray-client-server-port" not in every_cmd  # the job / client port stays Ray's internal default
+
+
+WORLD = {"0.0.0.0/0", "::/0"}
+
+
+def _open_to_the_world(rules: list[dict]) -> list[tuple]:
+    """(protocol, from port, to port) of every inbound rule that admits any address."""
+    out = []
+    for rule in rules:
+        cidrs = {r["CidrIp"] for r in rule.get("IpRanges", [])} | {r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])}
+        if cidrs & WORLD:
+            out.append((rule["IpProtocol"], rule.get("FromPort"), rule.get("ToPort")))
+    return out
+
+
+def _inbound_rules(cfg: dict) -> list[dict]:
+    """The inbound rules Ray's AWS launcher gives the security group it creates for this cluster.
+
+    Runs the installed Ray's own rule builders, taken from its source: the module imports boto3,
+    which only the machine that runs ``ray up`` needs.
+    """
+    import ast
+    import importlib.util
+    import itertools
+
+    origin = importlib.util.find_spec("ray.autoscaler._private.aws.config").origin
+    builders = {"_create_default_inbound_rules", "_create_default_intracluster_inbound_rules",
+                "_create_default_ssh_inbound_rules"}
+    tree = ast.parse(Path(origin).read_text())
+    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in builders]
+    assert {node.name for node in body} == builders, f"Ray's {origin} changed: check the security group by hand"
+    namespace = {"itertools": itertools}
+    exec(compile(ast.Module(body, type_ignores=[]), origin, "exec"), namespace)
+    extra = cfg["provider"].get("security_group", {}).get("IpPermissions", [])
+    return namespace["_create_default_inbound_rules"](["sg-of-this-cluster"], extra)
+
+
+def test_only_ssh_is_open_to_the_world():
+    cfg = _load()
+    # Groups of our own would bypass Ray's; none are configured, so the launcher's rules below are all.
+    assert all("SecurityGroupIds" not in t["node_config"] for t in cfg["available_node_types"].values())
+    assert _open_to_the_world(_inbound_rules(cfg)) == [("tcp", 22, 22)]  # dashboard and jobs: SSH tunnel only
+
+
+def test_world_open_check_catches_a_public_dashboard_rule():
+    cfg = _load()
+    cfg["provider"]["security_group"] = {"IpPermissions": [
+        {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    ]}
+    assert ("tcp", 8265, 8265) in _open_to_the_world(_inbound_rules(cfg))

@@ -62,32 +62,63 @@ def _raw():
     return yaml.safe_load(SMOKE.read_text())
 
 
-@pytest.mark.parametrize(
-    "edit, pattern",
-    [
-        (lambda r: r["training"].__setitem__("lerning_rate", 0.1), r"unknown key 'training\.lerning_rate'"),
-        (lambda r: r.__setitem__("modle", {}), r"unknown key 'modle'"),
-        (lambda r: r["model"]["encoder"].__setitem__("hidden_dim", "big"), r"model\.encoder\.hidden_dim = 'big' has the wrong type"),
-        (lambda r: r["training"].__setitem__("batch_size", 3.5), r"training\.batch_size = 3\.5 has the wrong type"),
-        (lambda r: r["training"].__setitem__("compile", "yes"), r"training\.compile = 'yes' has the wrong type"),
-        (lambda r: r["model"]["encoder"].__setitem__("cell_types", ["sLSTM", "GRU"]), r"cell_types\[1\] = 'GRU' is not allowed"),
-        (lambda r: r["model"]["encoder"].__setitem__("cell_types", ["sLSTM"]), r"cell_types = \['sLSTM'\].*num_layers = 2"),
-        (lambda r: r["model"]["encoder"].__setitem__("dropout", [0.1, 0.1, 0.1]), r"dropout = \[0\.1, 0\.1, 0\.1\].*num_layers = 2"),
-        (lambda r: r["data"].__setitem__("prediction_horizon", 20), r"prediction_horizon = 20.*lookback_days = 20"),
-        (lambda r: r["data"].__setitem__("purge_days", 2), r"data\.purge_days = 2.*prediction_horizon = 5"),
-        (lambda r: r["portfolio"].__setitem__("max_weight", 0.005), r"portfolio\.max_weight = 0\.005"),
-        (lambda r: r["training"].__setitem__("precision", "bfloat16"), r"training\.precision = 'bfloat16'.*cuda only"),
-        (lambda r: r["ensemble"].__setitem__("seeds", [1, 1]), r"ensemble\.seeds = \[1, 1\].*distinct"),
-        (lambda r: r["training"].pop("device"), r"missing required key 'training\.device'"),
-    ],
-)
-def test_bad_config_is_refused_with_file_key_and_value(tmp_path, edit, pattern):
+def _put(section: str, key: str, value):
+    """An edit of the raw YAML dict: ``section`` is dotted, e.g. "model.encoder" ("" = top level)."""
+    def edit(raw):
+        node = raw
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        node[key] = value
+    return edit
+
+
+# (case id, edit of the smoke config's YAML, the key the message must name, regex it must match)
+BAD_CONFIGS = [
+    ("unknown_key", _put("training", "lerning_rate", 0.1), "training.lerning_rate",
+     r"unknown key 'training\.lerning_rate'"),
+    ("unknown_section", _put("", "modle", {}), "modle", r"unknown key 'modle'"),
+    ("wrong_type_str", _put("model.encoder", "hidden_dim", "big"), "model.encoder.hidden_dim",
+     r"= 'big' has the wrong type"),
+    ("wrong_type_float", _put("training", "batch_size", 3.5), "training.batch_size", r"= 3\.5 has the wrong type"),
+    ("wrong_type_bool", _put("training", "compile", "yes"), "training.compile", r"= 'yes' has the wrong type"),
+    ("wrong_type_list", _put("model.encoder", "cell_types", "sLSTM"), "model.encoder.cell_types",
+     r"= 'sLSTM' has the wrong type; expected list of"),
+    ("unknown_cell_type", _put("model.encoder", "cell_types", ["sLSTM", "GRU"]), "model.encoder.cell_types[1]",
+     r"= 'GRU' is not allowed; expected one of 'sLSTM', 'mLSTM'"),
+    ("cell_types_length", _put("model.encoder", "cell_types", ["sLSTM"]), "model.encoder.cell_types",
+     r"= \['sLSTM'\].*num_layers = 2"),
+    ("dropout_length", _put("model.encoder", "dropout", [0.1, 0.1, 0.1]), "model.encoder.dropout",
+     r"= \[0\.1, 0\.1, 0\.1\].*num_layers = 2"),
+    ("zero_learning_rate", _put("training", "learning_rate", 0), "training.learning_rate",
+     r"= 0\.0 is invalid: must be > 0"),
+    ("negative_learning_rate", _put("training", "learning_rate", -1e-3), "training.learning_rate",
+     r"= -0\.001 is invalid: must be > 0"),
+    ("horizon_equals_lookback", _put("data", "prediction_horizon", 20), "data.prediction_horizon",
+     r"= 20 is invalid: must be shorter than data\.lookback_days = 20"),
+    ("horizon_beyond_lookback", _put("data", "prediction_horizon", 30), "data.prediction_horizon",
+     r"= 30 is invalid: must be shorter than data\.lookback_days = 20"),
+    ("purge_below_horizon", _put("data", "purge_days", 2), "data.purge_days", r"= 2.*prediction_horizon = 5"),
+    ("unknown_device", _put("training", "device", "tpu"), "training.device",
+     r"= 'tpu' is not allowed; expected one of 'cpu'"),
+    ("unknown_precision", _put("training", "precision", "float16"), "training.precision",
+     r"= 'float16' is not allowed; expected one of 'float32', 'bfloat16'"),
+    ("bf16_on_cpu", _put("training", "precision", "bfloat16"), "training.precision", r"= 'bfloat16'.*cuda only"),
+    ("infeasible_max_weight", _put("portfolio", "max_weight", 0.005), "portfolio.max_weight",
+     r"= 0\.005 is invalid: max_weight \* num_factors must be >= 1"),
+    ("duplicate_seeds", _put("ensemble", "seeds", [1, 1]), "ensemble.seeds", r"= \[1, 1\].*distinct"),
+    ("missing_required_key", lambda r: r["training"].pop("device"), "training.device", r"missing required key"),
+]
+
+
+@pytest.mark.parametrize("case, edit, key, pattern", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_refused_with_file_key_and_value(tmp_path, case, edit, key, pattern):
     raw = _raw()
     edit(raw)
     path = _write(tmp_path, raw)
     with pytest.raises(ConfigError, match=pattern) as info:
         load_config(path)
-    assert str(path) in str(info.value)
+    message = str(info.value)
+    assert str(path) in message and key in message, message
 
 
 def test_set_overrides_apply_and_are_checked():
@@ -109,16 +140,32 @@ def test_missing_and_empty_files(tmp_path):
         load_config(empty)
 
 
-def test_unavailable_device_is_refused_by_name():
+def test_unavailable_device_is_a_config_error_naming_the_key():
     import torch
 
-    if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="'cuda'.*no CUDA GPU"):
-            check_device("cuda")
-    if not torch.backends.mps.is_available():
-        with pytest.raises(DeviceError, match="'mps'.*not available"):
-            check_device("mps")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    unavailable = [device for device, ok in available.items() if not ok]
+    assert unavailable, "no machine has both CUDA and MPS"
+    for device in unavailable:
+        pattern = rf"training\.device = '{device}' but .* --set training\.device=cpu"
+        with pytest.raises(ConfigError, match=pattern) as info:
+            check_device(device)
+        assert isinstance(info.value, DeviceError)  # specific, and a ConfigError: the fix is a config value
     assert check_device("cpu") == "cpu"
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    """A pre-Ampere GPU (compute capability 7.0) emulates bfloat16: refused, never run slowly or in float32."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert check_device("cuda", "float32") == "cuda"
+    with pytest.raises(ConfigError, match=r"training\.precision = 'bfloat16' but this GPU \(Tesla V100-SXM2-16GB, "
+                                          r"compute capability 7\.0\) has no bfloat16 support.*precision=float32"):
+        check_device("cuda", "bfloat16")
 
 
 def test_config_reference_doc_matches_the_code():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.config import load_config
-from model.errors import TrainingError
+from model.errors import SolverError, TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
@@ -133,23 +133,45 @@ def test_killed_run_resumes_at_next_epoch(ray_cluster, tmp_path, capfd):
     assert "resuming after epoch 1" in capfd.readouterr().out
 
 
-def test_nan_loss_stops_with_epoch_and_step(tmp_path):
+def _one_step_setup(batch: int = 4):
     from model.network import XLSTMPortfolio
-    from ray_jobs.steps import make_optimizer, training_step
+    from ray_jobs.steps import make_optimizer
 
     cfg = load_config(SMOKE)
     torch.manual_seed(0)
     model = XLSTMPortfolio(cfg)
     optimizer, _ = make_optimizer(model, cfg)
     n, f, lb, h = cfg.data.num_factors, cfg.data.num_features, cfg.data.lookback_days, cfg.data.prediction_horizon
-    x = torch.randn(4, lb, n, f)
-    r_daily = torch.randn(4, h, n) * 0.01
-    r_daily[0, 0, 0] = float("nan")
+    x = torch.randn(batch, lb, n, f)
+    r_daily = torch.randn(batch, h, n) * 0.01
+    return cfg, model, optimizer, x, r_daily
+
+
+def test_nan_loss_stops_with_epoch_step_and_batch_element(tmp_path):
+    from ray_jobs.steps import training_step
+
+    cfg, model, optimizer, x, r_daily = _one_step_setup()
+    r_daily[1, 0, 0] = float("nan")
     r_h = torch.prod(1 + r_daily, dim=1) - 1
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 4, step 9"):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 4, step 9; non-finite r_daily at batch "
+                                            r"element\(s\) \[1\]; training stopped before the first checkpoint"):
         training_step(cfg, model, optimizer, x, r_daily, r_h, epoch=4, step=9, run_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no update applied
+
+
+def test_solver_failure_stops_with_epoch_step_and_batch_element(tmp_path):
+    from ray_jobs.steps import training_step
+
+    cfg, model, optimizer, x, r_daily = _one_step_setup()
+    x[2] = float("nan")  # a corrupt window reaching the model: its mu is NaN, the solve is refused
+    r_h = torch.prod(1 + r_daily, dim=1) - 1
+    (tmp_path / "latest.pt").write_bytes(b"stands for the last good checkpoint")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(SolverError, match=r"^epoch 3, step 5: portfolio layer \(torch\): batch element 2 \(of 1 bad\): mu "
+                                          rf"contains NaN.*the last good checkpoint is {tmp_path / 'latest.pt'}"):
+        training_step(cfg, model, optimizer, x, r_daily, r_h, epoch=3, step=5, run_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_two_workers_train_one_seed_data_parallel(ray_cluster, tmp_path):

@@ -1,4 +1,4 @@
-"""Helpers of the data tests (a uniquely named module: ``conftest`` is ambiguous across test folders)."""
+"""Helpers of the tests that build small real panels (a uniquely named module: ``conftest`` is ambiguous)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 
 from model.config import load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "model_config_cpu_smoke.yaml"
 N_SMALL, DAYS_SMALL = 6, 420
 SMALL_OVERRIDES = [

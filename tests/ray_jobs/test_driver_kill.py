@@ -1,0 +1,69 @@
+"""The ensemble driver killed with SIGKILL (its whole local cluster with it), then `--resume`.
+
+Runs the real command line in subprocesses: no other Ray cluster is alive in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _group(pgid: int) -> set[int]:
+    """Live (non-zombie) processes of a process group: the driver, its raylet, GCS, workers..."""
+    members = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.add(int(proc.name))
+    return members
+
+
+def test_killed_driver_is_finished_by_resume(tmp_path):
+    cmd = [sys.executable, "-m", "ray_jobs.ensemble", "--config", "configs/model_config_cpu_smoke.yaml",
+           "--storage", str(tmp_path), "--name", "exp", "--seeds", "1", "2", "--num-cpus", "2",
+           "--set", "ensemble.max_concurrent=1"]
+    seeds = tmp_path / "exp" / "seeds"
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not _epochs(seeds / "seed_1") and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert _epochs(seeds / "seed_1") == [1], "seed 1 never finished an epoch"
+            cluster = _group(driver.pid)
+            assert len(cluster) > 3  # driver, GCS, raylet, workers...
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the cluster it started
+            driver.wait()
+    time.sleep(1)
+    assert _group(driver.pid) == set()
+    assert not (seeds / "seed_1" / "finished.json").exists()
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[seed 1] resuming after epoch" in resumed.stdout + resumed.stderr
+    for seed in (1, 2):
+        run_dir = seeds / f"seed_{seed}"
+        assert _epochs(run_dir) == [1, 2, 3]  # each epoch once
+        assert json.loads((run_dir / "finished.json").read_text())["epochs_run"] == 3
