@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,16 @@ class SeedState:
     best_val_sharpe: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+
+
+def say(line: str) -> None:
+    """One line to the worker's stdout, which Ray forwards to the driver once.
+
+    Not ``print``: Train V2 patches a worker's ``print`` to go both to stdout and to its logger
+    (stderr), and the driver then showed every progress line twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +130,7 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
             stop_reason = f"patience ({tr.patience} epochs without a val_sharpe gain)"
         metrics = _metrics(stats, val, state, optimizer, stop)
         if rank == 0:
-            print(progress_line(seed, tr.max_epochs, metrics), flush=True)
+            say(progress_line(seed, tr.max_epochs, metrics))
         _report(cfg, seed, run_dir, rank, model, optimizer, scheduler, state, prepared, metrics, improved, writer)
         if stop:
             break
@@ -240,7 +251,7 @@ def newest_good_checkpoint(run_dir: Path, cfg: Config, device) -> tuple[dict | N
         try:
             payload = load_checkpoint(path, map_location=device)
         except CheckpointError as exc:
-            print(f"WARNING: skipping unreadable checkpoint: {exc}", flush=True)
+            say(f"WARNING: skipping unreadable checkpoint: {exc}")
             bad.append(str(exc))
             continue
         if payload["config"] != cfg.to_dict():
@@ -249,7 +260,7 @@ def newest_good_checkpoint(run_dir: Path, cfg: Config, device) -> tuple[dict | N
                 "resume it with the same config, or choose another output folder."
             )
         if bad:
-            print(f"resuming from the last good checkpoint {path} (epoch {payload['epoch']})", flush=True)
+            say(f"resuming from the last good checkpoint {path} (epoch {payload['epoch']})")
             _align_best(run_dir, path, payload)
         return payload, path
     if bad:
@@ -270,8 +281,8 @@ def _align_best(run_dir: Path, path: Path, payload: dict) -> None:
         shutil.copyfile(path, tmp)
         os.replace(tmp, best)
     elif best.exists():
-        print(f"WARNING: {best} may hold an epoch after the resume point (best so far: epoch "
-              f"{state['best_epoch']}); a better epoch will replace it", flush=True)
+        say(f"WARNING: {best} may hold an epoch after the resume point (best so far: epoch "
+            f"{state['best_epoch']}); a better epoch will replace it")
 
 
 def _restore(cfg, model, optimizer, scheduler, device, run_dir: Path, rank: int) -> SeedState:
@@ -291,8 +302,8 @@ def _restore(cfg, model, optimizer, scheduler, device, run_dir: Path, rank: int)
     if rank == 0:
         dropped = trim_history(run_dir, state.epoch)
         note = f"; dropped {dropped} metric row(s) of the unfinished epoch" if dropped else ""
-        print(f"[seed {payload['seed']}] resuming after epoch {state.epoch} (best val_sharpe "
-              f"{state.best_val_sharpe:.3f}) from {path}{note}", flush=True)
+        say(f"[seed {payload['seed']}] resuming after epoch {state.epoch} (best val_sharpe "
+            f"{state.best_val_sharpe:.3f}) from {path}{note}")
     return state
 
 
