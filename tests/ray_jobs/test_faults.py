@@ -129,36 +129,6 @@ def test_nan_mid_training_stops_with_solver_error_and_keeps_the_last_checkpoint(
     assert not (run_dir / "failed.json").exists()
 
 
-@pytest.mark.parametrize("where", ["output_is_a_file", "parent_is_a_file"])
-def test_unwritable_output_is_refused_before_training(tmp_path, capsys, where):
-    import ray
-
-    import train
-
-    blocker = tmp_path / "taken"
-    blocker.write_text("a file, not a folder")
-    output = blocker if where == "output_is_a_file" else blocker / "runs"
-    code = train.main(["--config", str(SMOKE), "--output", str(output)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"error: output folder '{output}' is not writable (")
-    assert "choose another --output" in err[0]
-    assert blocker.read_text() == "a file, not a folder" and not ray.is_initialized()
-
-
-def test_unwritable_experiment_folder_is_refused_before_training(tmp_path, capsys):
-    import ray
-
-    from ray_jobs.ensemble import main
-
-    blocker = tmp_path / "taken"
-    blocker.write_text("x")
-    code = main(["--config", str(SMOKE), "--storage", str(blocker), "--name", "ens"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "is not writable" in err[0], err
-    assert not ray.is_initialized()
-
-
 def test_the_running_local_cluster_listens_on_loopback_only(ray_cluster):
     import ray
 
