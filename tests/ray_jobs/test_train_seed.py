@@ -122,17 +122,6 @@ def test_patience_stops_a_run_early(ray_cluster, tmp_path):
     assert "patience" in info["stop_reason"]
 
 
-def test_killed_run_resumes_at_next_epoch(ray_cluster, tmp_path, capfd):
-    from ray_jobs.seed_run import train_one_seed
-
-    cfg = load_config(SMOKE, ["training.max_epochs=3", "ensemble.max_failures=1"])
-    info, _ = train_one_seed(cfg, 11, tmp_path, fail_after_epoch=1)
-    epochs = [m["epoch"] for m in _epochs(tmp_path / "seed_11")]
-    assert epochs == [1, 2, 3]  # epoch 1 is not redone: the restarted worker resumed at 2
-    assert info["epochs_run"] == 3
-    assert "resuming after epoch 1" in capfd.readouterr().out
-
-
 def _one_step_setup(batch: int = 4):
     from model.network import XLSTMPortfolio
     from ray_jobs.steps import make_optimizer
@@ -186,17 +175,3 @@ def test_two_workers_train_one_seed_data_parallel(ray_cluster, tmp_path):
     assert epoch["samples"] == 4 * cfg.training.batch_size // 2  # rank 0's half of each global batch
     model, payload = load_model(tmp_path / "seed_5" / "best.pt")
     assert payload["epoch"] == 1 and not any(k.startswith("module.") for k in payload["model_state"])
-
-
-def test_interrupted_run_resumes_when_started_again(ray_cluster, tmp_path, capfd):
-    """A run that died after epoch 1 (no retries left) continues at epoch 2 when re-run."""
-    from ray_jobs.seed_run import train_one_seed
-
-    cfg = load_config(SMOKE, ["training.max_epochs=3", "ensemble.max_failures=0"])
-    with pytest.raises(TrainingError, match="seed 13 failed"):
-        train_one_seed(cfg, 13, tmp_path, fail_after_epoch=1)
-    assert not (tmp_path / "seed_13" / "finished.json").exists()
-    info, _ = train_one_seed(cfg, 13, tmp_path)
-    assert [m["epoch"] for m in _epochs(tmp_path / "seed_13")] == [1, 2, 3]
-    assert info["epochs_run"] == 3
-    assert "resuming after epoch 1" in capfd.readouterr().out
