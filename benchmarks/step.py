@@ -1,6 +1,6 @@
 """One training step, split into its parts, on the configured device.
 
-  python -m benchmarks.step --config configs/model_config_mac_test.yaml --set training.device=cpu
+  python -m benchmarks.step --config configs/model_config_mac_test.yaml --set training.device=cpu [--threads 1]
   python -m benchmarks.step --config configs/model_config_h100_full.yaml --steps 20 --json out.json
 
 Parts: data (gathering the windows from the panel held on the device), encoder + heads forward,
@@ -122,7 +122,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice); 1 is what a 1-CPU Ray worker gets")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     res = run(cfg, args.steps, args.warmup)
     print_table(res)

@@ -2,11 +2,11 @@
 
 Forward, all float64 torch on the inputs' device with no python loop over the batch:
 
-1. semismooth Newton on the (k + 2)-dimensional dual (:mod:`model.qp_torch_newton`); it stops
-   on a KKT certificate (~1e-12), typically in 7-15 cheap steps;
-2. elements it has not certified after ``newton_max_iter`` steps (tiny idiosyncratic variances
-   make its dual ill-conditioned) go to a primal-dual interior point (:mod:`model.qp_torch_ipm`)
-   whose point is polished on its active set and certified by :mod:`model.qp_torch_kkt`.
+1. semismooth Newton on the (k + 2)-dimensional dual (:mod:`model.qp_torch_newton`) with an
+   exact line search; it stops on a KKT certificate (~1e-12), typically in 3-7 steps;
+2. elements it has not certified within its budget (tiny idiosyncratic variances make its dual
+   ill-conditioned) go to a primal-dual interior point (:mod:`model.qp_torch_ipm`) whose point
+   is polished on its active set and certified by :mod:`model.qp_torch_kkt`.
 
 Either way the weights are the certified optimum, never an approximation or a substitute.
 
@@ -31,7 +31,7 @@ the solver identified: such weights count as fixed (a one-sided derivative).
 
 from __future__ import annotations
 
-import math
+import contextlib
 
 import torch
 
@@ -41,6 +41,25 @@ from model.qp_torch_kkt import ActiveSet, solve_active_kkt, solve_exact
 from model.qp_torch_newton import DualNewton, Point, QPSettings, Scaled, put, scale_problem, take
 
 __all__ = ["QPSettings", "check_feasible", "solve_portfolio_qp"]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run the enclosed torch CPU ops on one intra-op thread (restored afterwards).
+
+    The solve is hundreds of small ops: a second OpenMP thread buys nothing there, and when
+    another process holds a core the two threads stall each other at every parallel region
+    (measured: a B = 128 solve took 240-560 ms instead of 15-25 ms).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_feasible(st: QPSettings, n_assets: int) -> None:
@@ -59,14 +78,15 @@ def check_feasible(st: QPSettings, n_assets: int) -> None:
 
 
 def active_set(p: Scaled, st: QPSettings, pt: Point) -> ActiveSet:
-    """The active set of a certified dual point; fixed weights snapped to their exact breakpoint."""
-    fixed = ~pt.free
-    cands = [torch.zeros_like(pt.w), p.w_prev]  # breakpoints: 0 (bound or |w| kink), w_prev
-    if st.long_only and st.max_weight is not None:
-        cands.append(torch.full_like(pt.w, st.max_weight))
-    cands = torch.stack(cands, -1)  # (B, n, c)
-    nearest = (cands - pt.w.unsqueeze(-1)).abs().argmin(-1, keepdim=True)
-    value = torch.where(fixed, cands.gather(-1, nearest).squeeze(-1), 0.0)
+    """The active set of a certified dual point; fixed weights snapped to their exact breakpoint
+    (the nearest of 0 (bound or |w| kink), w_prev and max_weight; ties to the first)."""
+    fixed, w = ~pt.free, pt.w
+    value, dist = torch.zeros_like(w), w.abs()
+    for cand in [p.w_prev] + ([st.max_weight] if st.long_only and st.max_weight is not None else []):
+        gap = (w - cand).abs()
+        nearer = gap < dist
+        value, dist = torch.where(nearer, cand, value), torch.where(nearer, gap, dist)
+    value = torch.where(fixed, value, 0.0)
     hard = torch.zeros_like(fixed)  # a weight at a bound is held by the bound, not by w_prev
     if st.long_only:
         hard = (value == 0) | ((value == st.max_weight) if st.max_weight is not None else hard)
@@ -74,7 +94,7 @@ def active_set(p: Scaled, st: QPSettings, pt: Point) -> ActiveSet:
     lev = pt.x[:, -1] > 0 if not st.long_only else torch.zeros_like(fixed[:, 0])  # nu > 0
     if not st.long_only:  # w = w_prev = 0: both kinks at 0; the steeper one holds the weight
         at_prev = at_prev & ((value != 0) | (p.c > pt.x[:, -1:]))
-    sign = torch.where(fixed, torch.sign(value), torch.sign(pt.w))
+    sign = torch.where(fixed, torch.sign(value), torch.sign(w))
     return ActiveSet(pt.free, value, at_prev, torch.zeros_like(value), sign, lev)
 
 
@@ -86,25 +106,33 @@ def solve_exact_batch(mu, cov_factor, cov_diag, w_prev, st: QPSettings):
     within its budget.
     """
     p = scale_problem(mu, cov_factor, cov_diag, w_prev, st)
-    ratio = p.d.median(1).values / p.F.square().sum(-1).median(1).values.clamp_min(1e-300)  # (B,)
-    ok = torch.zeros_like(ratio, dtype=torch.bool)
+    batch = mu.shape[0]
+    newton = torch.full((batch,), st.newton_max_iter > 0, dtype=torch.bool, device=mu.device)
+    if st.newton_max_iter > 0 and st.newton_min_ratio > 0:  # median idiosyncratic / factor variance
+        med = torch.stack([p.d, p.fvar], 1).median(2).values  # (B, 2)
+        newton = med[:, 0] >= st.newton_min_ratio * med[:, 1]
+    n_newton = int(newton.sum())
+    ok = torch.zeros_like(newton)
     w, A = torch.empty_like(p.mu), None
-    newton = (ratio >= st.newton_min_ratio) & (st.newton_max_iter > 0)  # (B,) bool
-    newton = newton.nonzero()[:, 0]
-    if len(newton):
-        sub = take(p, newton)
+    if n_newton == batch:  # the usual case: no indexing
+        pt, ok = DualNewton(p, st).solve()
+        A = active_set(p, st, pt)
+        w = torch.where(A.free, pt.w, A.value)  # fixed weights exactly at breakpoints
+    elif n_newton:
+        idx = newton.nonzero()[:, 0]
+        sub = take(p, idx)
         pt, ok_sub = DualNewton(sub, st).solve()
         A_sub = active_set(sub, st, pt)
-        w[newton] = torch.where(A_sub.free, pt.w, A_sub.value)  # fixed weights exactly at breakpoints
-        ok[newton] = ok_sub
-        A = _scatter_active(A_sub, newton, mu.shape[0])
+        w[idx] = torch.where(A_sub.free, pt.w, A_sub.value)
+        ok[idx] = ok_sub
+        A = _scatter_active(A_sub, idx, batch)
     if not bool(ok.all()):
         idx = (~ok).nonzero()[:, 0]
         ipm = InteriorPoint(take(p, idx), st, offset=idx)
         w_ipm, A_ipm = solve_exact(ipm, ipm.solve())
         w[idx] = w_ipm
         if A is None:
-            A = _scatter_active(A_ipm, idx, mu.shape[0])
+            A = _scatter_active(A_ipm, idx, batch)
         else:
             put(A, idx, A_ipm, slice(None))
     return w, A
@@ -124,7 +152,8 @@ class _PortfolioQP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, cov_factor, cov_diag, w_prev, st: QPSettings):
-        w, A = solve_exact_batch(mu, cov_factor, cov_diag, w_prev, st)
+        with single_thread():
+            w, A = solve_exact_batch(mu, cov_factor, cov_diag, w_prev, st)
         E, _ = A.rows(st.leverage, not st.long_only)  # (B, m, n)
         ctx.st = st
         ctx.save_for_backward(cov_factor, cov_diag, w, A.free, A.at_prev, E)
@@ -133,16 +162,21 @@ class _PortfolioQP(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_w):
+        with single_thread():
+            return _PortfolioQP._backward(ctx, grad_w)
+
+    @staticmethod
+    def _backward(ctx, grad_w):
         F, d, w, free, at_prev, E = ctx.saved_tensors
         two_gamma = 2.0 * ctx.st.risk_aversion
-        Fq, dq = F * math.sqrt(two_gamma), d * two_gamma  # Q = Fq Fq^T + diag(dq) = 2 gamma Sigma
-        xi, eta, _ = solve_active_kkt(Fq, dq, free, E, grad_w, grad_w.new_zeros(E.shape[:2]))
-        Fw = (F.transpose(1, 2) @ w.unsqueeze(-1)).transpose(1, 2)  # (B, 1, k)
-        Fxi = (F.transpose(1, 2) @ xi.unsqueeze(-1)).transpose(1, 2)  # (B, 1, k)
-        grad_F = -two_gamma * (xi.unsqueeze(-1) * Fw + w.unsqueeze(-1) * Fxi)  # (B, n, k)
+        # Q = 2 gamma (F F^T + diag d): solve with F, d and grad_w / (2 gamma), rescale eta
+        xi, eta, _ = solve_active_kkt(F, d, free, E, grad_w / two_gamma, grad_w.new_zeros(E.shape[:2]))
+        eta = eta * two_gamma
+        Fw, Fxi = w.unsqueeze(1) @ F, xi.unsqueeze(1) @ F  # (B, 1, k)
+        grad_F = (torch.stack([xi, w], 2) * -two_gamma) @ torch.cat([Fw, Fxi], 1)  # (B, n, k)
         grad_d = -two_gamma * xi * w
-        q_xi = dq * xi + (Fq @ (Fq.transpose(1, 2) @ xi.unsqueeze(-1))).squeeze(-1)
-        rows = (E.transpose(1, 2) @ eta.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        q_xi = (d * xi).add_((Fxi @ F.transpose(1, 2)).squeeze(1)).mul_(two_gamma)  # Q xi
+        rows = (eta.unsqueeze(1) @ E).squeeze(1)  # (B, n)
         grad_prev = torch.where(at_prev, grad_w - q_xi - rows, 0.0)
         return xi, grad_F, grad_d, grad_prev, None
 

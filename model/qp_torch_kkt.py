@@ -30,6 +30,11 @@ PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
 DUAL_TOL = 1e-8
 """Certificate: subgradient condition of the scaled problem (its data are O(1))."""
+FACE_TOL = 1e-7
+"""Certificate: budget and leverage met by the face minimiser.  Rounding in nearly singular faces
+reached 2e-8 (idiosyncratic variances 1e-4 of the factor variance); faces whose equality rows
+contradict each other (budget and leverage rows equal on the free set) missed by 1e-6 - 1e-5 in
+the stress runs and used to be returned."""
 GREEDY_PASSES = 2
 """Active-set steps that fix every weight leaving its piece at once (fast, may cycle); later
 steps fix only the first weight hit, which cannot cycle."""
@@ -72,25 +77,31 @@ def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
     x : (B, n) zero on fixed assets, y : (B, m) multipliers (minimum norm if rows are redundant),
     null : (B, m, m) projector on the multipliers the free set leaves undetermined (0 if none).
     """
-    fr = free.to(F.dtype)  # (B, n)
-    Ff = F * fr.unsqueeze(-1)  # (B, n, k)
-    Dinv = 1.0 / torch.where(free, d, torch.ones_like(d))  # (B, n)
-    DF = Dinv.unsqueeze(-1) * Ff  # (B, n, k)
-    cap = Ff.transpose(1, 2) @ DF  # (B, k, k)
-    cap.diagonal(dim1=1, dim2=2).add_(1.0)
+    Dinv = free.to(F.dtype) / d  # (B, n): the free block's diagonal, inverted; 0 on fixed assets
+    DFT = F.transpose(1, 2) * Dinv.unsqueeze(1)  # (B, k, n)
+    cap = torch.baddbmm(torch.eye(F.shape[2], dtype=F.dtype, device=F.device), DFT, F)  # I + F^T D^-1 F
     chol = torch.linalg.cholesky(cap)
-    Ef = E * fr.unsqueeze(1)  # (B, m, n)
-    R = torch.cat([(rhs_w * fr).unsqueeze(-1), Ef.transpose(1, 2)], -1)  # (B, n, 1+m)
-    DR = Dinv.unsqueeze(-1) * R
-    X = DR - DF @ torch.cholesky_solve(Ff.transpose(1, 2) @ DR, chol)  # (B, n, 1+m)
-    Xr, XE = X[..., :1], X[..., 1:]
-    schur = Ef @ XE  # (B, m, m) PSD; singular when a row vanishes or two rows coincide on the free set
-    evals, evecs = torch.linalg.eigh(schur)
+    DR = torch.cat([rhs_w.unsqueeze(1), E], 1) * Dinv.unsqueeze(1)  # (B, 1+m, n) right-hand sides as rows
+    # Woodbury, one row per right-hand side: X = D^-1 R - (D^-1 F) cap^-1 F^T D^-1 R
+    X = DR - torch.cholesky_solve((DR @ F).transpose(1, 2), chol).transpose(1, 2) @ DFT
+    Xr, XE = X[:, :1], X[:, 1:]  # (B, 1, n), (B, m, n)
+    # (B, m, m) PSD; singular when a row vanishes or two rows coincide on the free set
+    inv, null = _psd_pinv(XE @ E.transpose(1, 2))
+    y = inv @ (E @ Xr.transpose(1, 2) - rhs_e.unsqueeze(-1))  # (B, m, 1) minimum norm
+    return (Xr - y.transpose(1, 2) @ XE).squeeze(1), y.squeeze(-1), null
+
+
+def _psd_pinv(S):
+    """Pseudo-inverse of the PSD (B, m, m) S and the projector on its null space (eigenvalues
+    below 1e-12 of the largest count as 0); m = 1 in closed form."""
+    if S.shape[-1] == 1:
+        keep = S > 0
+        return torch.where(keep, 1.0 / S, 0.0), (~keep).to(S.dtype)
+    evals, evecs = torch.linalg.eigh(S)
     keep = evals > 1e-12 * evals.amax(-1, keepdim=True).clamp_min(1e-300)  # (B, m)
     inv = (evecs * torch.where(keep, 1.0 / evals, 0.0).unsqueeze(1)) @ evecs.transpose(1, 2)
-    null = (evecs * (~keep).to(F.dtype).unsqueeze(1)) @ evecs.transpose(1, 2)  # (B, m, m)
-    y = inv @ (Ef @ Xr - rhs_e.unsqueeze(-1))  # (B, m, 1) minimum norm
-    return (Xr - XE @ y).squeeze(-1), y.squeeze(-1), null
+    null = (evecs * (~keep).to(S.dtype).unsqueeze(1)) @ evecs.transpose(1, 2)  # (B, m, m)
+    return inv, null
 
 
 def _q_times(F, d, v):
@@ -252,6 +263,7 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
 
     go_right, go_left, dual, nu = _dual_moves(ipm, A, w_pol, y, blocked)
     primal = torch.where(A.free, torch.maximum(lower - w_pol, w_pol - upper).clamp_min(0.0), 0.0).amax(1)
+    primal = torch.maximum(primal, (w_pol.sum(1) - 1.0).abs())  # (unmet when no weight is free)
     lev_on, lev_off = torch.zeros_like(A.lev), A.lev & (nu < -DUAL_TOL) & ~blocked
     if lay.ls:
         gross = w_pol.abs().sum(1) - st.leverage
@@ -269,7 +281,9 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     sign = torch.where(free, sign, torch.sign(value))
     sign = torch.where(lev_on.unsqueeze(1) & free, _side(w_cur, True), sign)
     lev = (A.lev | lev_on) & ~lev_off
-    done = ~blocked & ~(go_right | go_left).any(1) & ~lev_on & ~lev_off
+    # (a face whose budget and leverage rows coincide on its free set can leave one of them
+    # unmet: not an optimum, whatever the subgradients say)
+    done = ~blocked & ~(go_right | go_left).any(1) & ~lev_on & ~lev_off & (primal <= FACE_TOL)
     return ActiveSet(free, value, at_prev, slope, sign, lev), w_cur, w_pol, done, primal, dual
 
 

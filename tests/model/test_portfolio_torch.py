@@ -17,6 +17,7 @@ from model.errors import SolverError
 from model.config import PortfolioConfig
 from model.portfolio import solve_reference
 from model.qp_torch import QPSettings, solve_portfolio_qp
+from model.qp_torch_ipm import InteriorPoint
 from model.qp_torch_newton import DualNewton, scale_problem
 
 SETTINGS = {
@@ -215,15 +216,79 @@ def test_interior_point_stage_agrees_with_the_newton_stage(name):
         assert float((a - b).abs().max()) <= 1e-9 * max(1.0, float(b.abs().max()))
 
 
+def count_interior_point_elements(monkeypatch) -> list:
+    """The batch sizes InteriorPoint.solve is called with from now on (it still runs)."""
+    solved = []
+    ipm_solve = InteriorPoint.solve
+
+    def spy(self):
+        solved.append(self.p.mu.shape[0])
+        return ipm_solve(self)
+
+    monkeypatch.setattr(InteriorPoint, "solve", spy)
+    return solved
+
+
 @pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
-def test_tiny_idiosyncratic_variance_falls_back_to_the_interior_point(name):
-    """d 1000x below the factor variances: the dual is ill-conditioned and the elements go to
-    the interior point; the answer is still the exact optimum."""
-    st = SETTINGS[name]
+def test_tiny_idiosyncratic_variance_through_the_interior_point(name, monkeypatch):
+    """d 1000x below the factor variances, routed straight to the interior point
+    (newton_min_ratio): the answer is still the exact optimum."""
+    st = dataclasses.replace(SETTINGS[name], newton_min_ratio=0.01)
     mu, factor, diag, prev = binding_problem(st, batch=32, n=40, k=4, seed=8)
     diag = diag * 1e-3
-    _, certified = DualNewton(scale_problem(mu, factor, diag, prev, st), st).solve()
-    assert not bool(certified.all()), "the test should exercise the interior-point stage"
+    solved = count_interior_point_elements(monkeypatch)
     w = solve_portfolio_qp(mu, factor, diag, prev, st)
+    assert sum(solved) == 32, "the test should exercise the interior-point stage for every element"
     ref = torch.from_numpy(solve_reference(mu, factor, diag, prev, reference_cfg(st)))
     assert float((w - ref).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["long_only_max_weight_tc", "long_short_tc"])
+def test_small_idiosyncratic_variance_goes_to_the_newton_stage_first(name, monkeypatch):
+    """d ~100x below the factor variances (the benchmark's hard regime) goes to the dual
+    Newton stage first, which certifies the optimum for all (long_only) or most (long_short: 27
+    of 32 here) elements with its exact line search; the interior point takes the rest."""
+    st = SETTINGS[name]
+    mu, factor, diag, prev = binding_problem(st, batch=32, n=40, k=4, seed=8)
+    diag = diag * 1e-2
+    solved = count_interior_point_elements(monkeypatch)
+    w = solve_portfolio_qp(mu, factor, diag, prev, st)
+    assert sum(solved) <= (0 if st.long_only else 8), f"interior point took {sum(solved)} of 32 elements"
+    ref = torch.from_numpy(solve_reference(mu, factor, diag, prev, reference_cfg(st)))
+    assert float((w - ref).abs().max()) <= 1e-6
+
+
+def near_long_only_problem():
+    """leverage 1.001 with costs: the free weights of the optimum all have one sign, so the
+    budget and leverage rows coincide on the free set (found by a stress run; element 28)."""
+    g = torch.Generator().manual_seed(1)
+    batch, n, k = 64, 104, 8
+    mu = 0.0003 * torch.randn(batch, n, generator=g, dtype=torch.float64)
+    factor = 0.05 / k**0.5 * torch.randn(batch, n, k, generator=g, dtype=torch.float64)
+    diag = 1e-3 + 4e-3 * torch.rand(batch, n, generator=g, dtype=torch.float64)
+    prev = torch.rand(batch, n, generator=g, dtype=torch.float64) - 0.3
+    prev = prev / prev.sum(1, keepdim=True)
+    st = QPSettings(long_only=False, max_weight=None, leverage=1.001, risk_aversion=1.0, tc_rate=0.0005)
+    return [x[28:29] for x in (mu, factor, diag, prev)], st
+
+
+def test_one_signed_free_set_is_solved_exactly():
+    """Newton's budget and leverage columns coincide there (a ridge keeps the step bounded)."""
+    inputs, st = near_long_only_problem()
+    w = solve_portfolio_qp(*inputs, st)
+    ref = torch.from_numpy(solve_reference(*inputs, reference_cfg(st)))
+    assert float((w - ref).abs().max()) <= 1e-6
+    assert float(w.abs().sum()) <= st.leverage + 1e-12
+
+
+def test_polish_refuses_a_face_that_leaves_the_leverage_unmet():
+    """Through the interior point, the active-set polish lands on a face whose budget and
+    leverage rows coincide on the free set; its minimiser met the budget but not the leverage
+    (by 1e-5) and used to be returned.  Refusing (SolverError) is right; a returned point must
+    be feasible."""
+    inputs, st = near_long_only_problem()
+    try:
+        w = solve_portfolio_qp(*inputs, dataclasses.replace(st, newton_max_iter=0))
+    except SolverError:
+        return
+    assert float(w.abs().sum()) <= st.leverage + 1e-9
