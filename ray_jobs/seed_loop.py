@@ -50,6 +50,20 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def quiet_report_log() -> None:
+    """Silence Train V2's per-report INFO dump (every metric of every epoch, one huge line).
+
+    Ray 2.60 names that logger after its file (``logging.getLogger(__file__)``), so
+    ``LoggingConfig(log_level=...)``, which filters the ``ray.train`` loggers, misses it.  Warnings
+    and errors still show; our own progress line (:func:`progress_line`) replaces the dump.
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -72,6 +86,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from model.network import XLSTMPortfolio
     from ray_jobs.steps import make_optimizer
 
+    quiet_report_log()
     cfg = config_from_dict(loop_config["config"], "<train loop config>")
     seed, run_dir = int(loop_config["seed"]), Path(loop_config["run_dir"])
     ctx = ray.train.get_context()
