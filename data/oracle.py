@@ -12,7 +12,7 @@
   how much of the planted signal the features reveal (a trained model should reach at least this);
 - **1/N**: equal weights.
 
-The conventions of ``ray_jobs/evaluation.py``, so a model's Sharpe compares directly: rebalances
+The conventions of :mod:`data.scoring` (which also scores the model), so a model's Sharpe compares directly: rebalances
 are non-overlapping, every ``horizon`` decision dates from the split's first one; the first trades
 from 1/N, each later one from the previous target weights (no drift).  A period's net return is
 ``w' R - tc_rate * ||w - w_prev||_1`` with R the compounded horizon returns; turnover is reported
@@ -29,6 +29,7 @@ from typing import Callable
 import cvxpy as cp
 import numpy as np
 
+from data.scoring import TRADING_DAYS, score_weights
 from data.splits import rebalance_indices
 from data.windows import horizon_returns, prepare
 from model.cli import config_parser, run_cli
@@ -93,22 +94,23 @@ def run_policy(
     """Backtest ``decide(t, w_prev) -> w (N,)`` at the decision indices ``rebalances`` (n_reb,).
 
     ``r_horizon`` (T, N): compounded returns over t+1..t+horizon (see :func:`horizon_returns`).
-    Same conventions as ``ray_jobs/evaluation.py`` (module docstring), so the numbers compare.
+    Scored by :func:`data.scoring.score_weights`, as the model's validation and backtest are.
     """
     n = r_horizon.shape[1]
     w_prev = np.full(n, 1.0 / n)
-    net, traded = [], []
+    weights, prevs = [], []
     for t in rebalances:
         w = decide(int(t), w_prev)  # (N,)
-        traded.append(float(np.abs(w - w_prev).sum()))
-        net.append(float(w @ r_horizon[t]) - tc_rate * traded[-1])
+        weights.append(w)
+        prevs.append(w_prev)
         w_prev = w
-    net_arr = np.asarray(net)
-    per_year = 252 / horizon
-    vol = float(net_arr.std(ddof=1))
+    idx = np.asarray(rebalances)
+    scored = score_weights(idx, np.stack(weights), np.stack(prevs), r_horizon[idx], tc_rate, horizon)
+    per_year = TRADING_DAYS / horizon
     return PolicyResult(
-        sharpe=float(net_arr.mean() / vol * np.sqrt(per_year)), ann_return=float(net_arr.mean() * per_year),
-        ann_vol=vol * np.sqrt(per_year), turnover=0.5 * float(np.mean(traded)), n_rebalances=len(net_arr),
+        sharpe=scored.sharpe, ann_return=float(scored.net.mean() * per_year),
+        ann_vol=float(scored.net.std(ddof=1) * np.sqrt(per_year)), turnover=scored.mean_turnover,
+        n_rebalances=len(idx),
     )
 
 

@@ -1,7 +1,8 @@
 """Out-of-sample evaluation of a policy at non-overlapping rebalances.
 
 Used for the per-epoch validation metrics and by the backtest, so both compute the Sharpe the same
-way.  Conventions (also in docs/training.md):
+way; the numpy scorer lives in :mod:`data.scoring` (shared with ``data.oracle``).  Conventions
+(also in docs/training.md):
 
 * Rebalances are every ``horizon``-th decision date of a split: ``indices[::horizon]``, so each
   holding period's returns ``t+1 .. t+horizon`` are disjoint.
@@ -15,66 +16,11 @@ way.  Conventions (also in docs/training.md):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
-from model.heads import TRADING_DAYS_PER_YEAR as TRADING_DAYS
+from data.scoring import TRADING_DAYS, PolicyResult, annualised_sharpe, max_drawdown, score_weights
 
-
-@dataclass(frozen=True)
-class PolicyResult:
-    """Per-rebalance record of one policy on one split; arrays are float64 numpy."""
-
-    indices: np.ndarray  # (K,) decision indices into the panel's dates
-    weights: np.ndarray  # (K, N) target weights
-    w_prev: np.ndarray  # (K, N) weights held before each rebalance
-    gross: np.ndarray  # (K,) w_k . r_k
-    net: np.ndarray  # (K,) gross - cost
-    turnover: np.ndarray  # (K,) one-way turnover
-    horizon: int
-
-    @property
-    def sharpe(self) -> float:
-        return annualised_sharpe(self.net, self.horizon)
-
-    @property
-    def mean_turnover(self) -> float:
-        return float(self.turnover.mean())
-
-
-def annualised_sharpe(net: np.ndarray, horizon: int) -> float:
-    """mean / std (ddof=1) of per-period returns, annualised with 252 / horizon periods a year."""
-    net = np.asarray(net, dtype=np.float64)
-    if net.size < 2:
-        raise ValueError(f"a Sharpe ratio needs >= 2 rebalances, got {net.size}")
-    std = net.std(ddof=1)
-    if std < 1e-12:  # constant returns: no risk measured, no Sharpe
-        return 0.0
-    return float(net.mean() / std * math.sqrt(TRADING_DAYS / horizon))
-
-
-def max_drawdown(net: np.ndarray) -> float:
-    """Largest peak-to-trough loss of the compounded equity curve, as a positive fraction."""
-    equity = np.cumprod(1.0 + np.asarray(net, dtype=np.float64))
-    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-    return float(np.max(1.0 - equity / peak))
-
-
-def score_weights(
-    indices: np.ndarray, weights: np.ndarray, w_prev: np.ndarray, r_horizon: np.ndarray, tc_rate: float, horizon: int
-) -> PolicyResult:
-    """Net returns and turnover of given weights.  weights, w_prev, r_horizon: (K, N)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    w_prev = np.asarray(w_prev, dtype=np.float64)
-    traded = np.abs(weights - w_prev).sum(axis=1)  # (K,)
-    gross = (weights * np.asarray(r_horizon, dtype=np.float64)).sum(axis=1)  # (K,)
-    return PolicyResult(
-        indices=np.asarray(indices), weights=weights, w_prev=w_prev, gross=gross,
-        net=gross - tc_rate * traded, turnover=0.5 * traded, horizon=horizon,
-    )
+__all__ = ["TRADING_DAYS", "PolicyResult", "annualised_sharpe", "chain_solves", "max_drawdown", "score_weights"]
 
 
 def chain_solves(solve, mu: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor, tc_rate: float):
