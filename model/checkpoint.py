@@ -119,7 +119,8 @@ def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, 
 
 
 def _reason(exc: BaseException) -> str:
-    """The OS reason of a failed write (torch.save wraps an OSError in a RuntimeError)."""
+    """One line saying why a read or write failed: the OS reason when there is one (torch wraps an
+    OSError in a RuntimeError), else the exception's first line."""
     cause = exc
     while cause is not None:
         if isinstance(cause, OSError):
@@ -149,8 +150,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is corrupt or not a weights-only checkpoint: {reason}") from exc
+        raise CheckpointError(f"{path} is corrupt or not a weights-only checkpoint: {_reason(exc)}") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict.")
     version = payload.get("format_version")

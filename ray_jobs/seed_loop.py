@@ -225,9 +225,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def _write_history(run_dir: Path, rows: list[dict]) -> None:
-    tmp = run_dir / f".{METRICS}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, run_dir / METRICS)
+    _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_history(run_dir: Path, metrics: dict) -> None:
@@ -358,10 +356,15 @@ def _writer(run_dir: Path, last_epoch: int):
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=last_epoch + 1)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: a crash leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
 
 
 def stop_note(run_dir: Path) -> str:

@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 
 from model.config import Config
 from model.errors import DeviceError, PortfolioTrainerError, TrainingError
-from ray_jobs.seed_loop import FINISHED, train_loop_per_worker
+from ray_jobs.seed_loop import FAILED, FINISHED, read_failure, train_loop_per_worker
 
 
 def seed_run_name(seed: int) -> str:
@@ -62,8 +62,6 @@ def ensure_writable(folder: Path) -> Path:
 
 def clear_failure(run_dir: Path) -> None:
     """A new attempt of a seed that failed before: say so, and let its workers start."""
-    from ray_jobs.seed_loop import FAILED, read_failure
-
     failure = read_failure(run_dir)
     if failure is not None:
         print(f"{run_dir.name}: the previous attempt stopped with {type(failure).__name__}: {failure}; "
@@ -74,8 +72,6 @@ def clear_failure(run_dir: Path) -> None:
 def seed_failure(run_dir: Path, seed: int, fallback: Exception) -> PortfolioTrainerError:
     """The typed error a seed's workers recorded (SolverError, TrainingError, ...), else a
     TrainingError carrying Ray's report."""
-    from ray_jobs.seed_loop import read_failure
-
     failure = read_failure(run_dir)
     if failure is None:
         return TrainingError(f"seed {seed} failed: {fallback}")

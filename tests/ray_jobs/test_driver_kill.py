@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from ray_jobs.seed_loop import read_history
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def _epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [row["epoch"] for row in read_history(run_dir)]
 
 
 def _group(pgid: int) -> set[int]:

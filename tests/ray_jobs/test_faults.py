@@ -22,6 +22,7 @@ import pytest
 from model.checkpoint import load_checkpoint
 from model.config import load_config
 from model.errors import SolverError, TrainingError
+from ray_jobs.seed_loop import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [row["epoch"] for row in read_history(run_dir)]
 
 
 def _digest(path: Path) -> str:

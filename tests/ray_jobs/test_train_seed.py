@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from pathlib import Path
@@ -14,14 +13,11 @@ import torch
 
 from model.config import load_config
 from model.errors import SolverError, TrainingError
+from ray_jobs.seed_loop import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 pytestmark = pytest.mark.slow
-
-
-def _epochs(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _tb_tags(folder: Path) -> set[str]:
@@ -53,15 +49,15 @@ def smoke_run(ray_cluster, tmp_path_factory):
 
 def test_reported_iterations_equal_epochs_run(smoke_run):
     cfg, run_dir, info, result = smoke_run
-    epochs = [m["epoch"] for m in _epochs(run_dir)]
+    epochs = [m["epoch"] for m in read_history(run_dir)]
     assert epochs == [1, 2, 3] and info["epochs_run"] == 3
     assert result.metrics["epoch"] == 3  # what Ray saw last
-    assert info["best_epoch"] == int(np.argmax([m["val_sharpe"] for m in _epochs(run_dir)])) + 1
+    assert info["best_epoch"] == int(np.argmax([m["val_sharpe"] for m in read_history(run_dir)])) + 1
 
 
 def test_training_loss_goes_down(smoke_run):
     _, run_dir, _, _ = smoke_run
-    losses = [m["loss"] for m in _epochs(run_dir)]
+    losses = [m["loss"] for m in read_history(run_dir)]
     assert losses[-1] < losses[0], losses
 
 
@@ -96,7 +92,7 @@ def test_checkpoint_reproduces_reported_validation_with_pandas(smoke_run):
     traded = (w - w.shift(1).fillna(1 / w.shape[1])).abs().sum(axis=1)
     net = (w * fwd.loc[w.index]).sum(axis=1) - cfg.portfolio.tc_rate * traded
     sharpe = net.mean() / net.std() * math.sqrt(252 / h)
-    reported = _epochs(run_dir)[-1]
+    reported = read_history(run_dir)[-1]
     assert reported["val_sharpe_ratio"] == pytest.approx(sharpe, abs=1e-6)
     assert reported["val_turnover"] == pytest.approx((traded / 2).mean(), abs=1e-7)
     assert np.allclose(w.sum(axis=1), 1.0, atol=1e-6)
@@ -170,7 +166,7 @@ def test_two_workers_train_one_seed_data_parallel(ray_cluster, tmp_path):
 
     cfg = load_config(SMOKE, ["training.max_epochs=1", "training.num_workers=2", "training.steps_per_epoch=4"])
     info, _ = train_one_seed(cfg, 5, tmp_path)
-    (epoch,) = _epochs(tmp_path / "seed_5")
+    (epoch,) = read_history(tmp_path / "seed_5")
     assert info["epochs_run"] == 1
     assert epoch["samples"] == 4 * cfg.training.batch_size // 2  # rank 0's half of each global batch
     model, payload = load_model(tmp_path / "seed_5" / "best.pt")
