@@ -41,6 +41,17 @@ class EncoderConfig:
     vanilla = upstream pure-torch step (slow reference)."""
     conv1d_kernel_size: int = 4
     """Causal conv width inside the blocks (upstream default)."""
+    layout: Literal["factorwise", "panel"] = "factorwise"
+    """factorwise: one encoder shared by all factors reads each factor's own series (as patches of
+    patch_days days), then a market context (mean over factors) is mixed in and shared heads give
+    each factor's moments; panel: one Linear maps a day's N x F inputs to hidden_dim (the first
+    design; memorises the training span, see docs/quality.md)."""
+    patch_days: int = 5
+    """factorwise: days per input token (the stack runs over lookback_days / patch_days tokens per
+    factor); must divide data.lookback_days."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of storing them (less memory,
+    about a third more compute); for the full-size model on a shared GPU."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,10 @@ class TrainingConfig:
     """Weight of minus the annualised Sharpe of the batch's realised portfolio returns."""
     lambda_tc: float = 0.0
     """Weight of the transaction-cost term (tc_rate x turnover against the previous weights)."""
+    loss_scaling: Literal["gradient", "none"] = "gradient"
+    """gradient: before the first epoch, scale each loss term so that its gradient has norm ~1
+    (measured on 4 training batches, fixed for the run), so the weights above weigh comparable
+    gradients; none: raw terms (the Sharpe term's gradient is then 100-1000x the others')."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip_norm: float = 1.0
@@ -310,6 +325,11 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(
         "mLSTM" not in enc.cell_types or inner % enc.num_heads == 0, src, "model.encoder.num_heads",
         enc.num_heads, f"must divide the mLSTM inner width {inner} (2 x hidden_dim rounded up to a multiple of 64)",
+    )
+    _check(enc.patch_days >= 1, src, "model.encoder.patch_days", enc.patch_days, "must be >= 1")
+    _check(
+        enc.layout != "factorwise" or data.lookback_days % enc.patch_days == 0, src, "model.encoder.patch_days",
+        enc.patch_days, f"must divide data.lookback_days = {data.lookback_days} (whole patches per window)",
     )
     _check(cfg.model.heads.cov_rank >= 1, src, "model.heads.cov_rank", cfg.model.heads.cov_rank, "must be >= 1")
     _check(cfg.model.heads.min_variance > 0, src, "model.heads.min_variance", cfg.model.heads.min_variance, "must be > 0")

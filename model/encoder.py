@@ -1,10 +1,20 @@
-"""xLSTM encoder: a window of the factor panel -> one summary vector per decision.
+"""xLSTM encoder: a window of the factor panel -> summary vectors per decision.
 
-(B, L, N, F) --flatten per step--> (B, L, N*F) --Linear--> (B, L, H) --xLSTMBlockStack--> (B, L, H)
---last step--> (B, H).
+Two layouts (``model.encoder.layout``):
 
-The stack ends in upstream's post-blocks LayerNorm and every block is causal, so the last step's
+* ``factorwise`` (default): one stack, shared by all factors, reads each factor's own series.
+  (B, L, N, F) --per factor, patches of P = patch_days days--> (B*N, L/P, P*F) --Linear-->
+  (B*N, L/P, H) --xLSTMBlockStack--> last token (B*N, H) --> (B, N, H), plus a market context
+  ``Linear(mean over factors)`` added to every factor and a LayerNorm.  The same per-factor rule is
+  learnt once from all 104 factors' data, and what is shared (the market) is mixed back in.
+* ``panel``: (B, L, N, F) --flatten per day--> (B, L, N*F) --Linear--> (B, L, H) --stack--> last
+  day (B, H).  One Linear of all N*F inputs must learn each factor's rule separately through one
+  bottleneck; it memorised the training span (docs/quality.md).
+
+The stack ends in upstream's post-blocks LayerNorm and every block is causal, so the last token's
 hidden state summarises the whole window; it is the summary (no pooling).
+``model.encoder.activation_checkpointing`` recomputes each block in the backward pass instead of
+keeping its activations (the full-size factorwise model needs it to fit five seeds on one GPU).
 
 sLSTM backends (``model.encoder.slstm_backend``), resolved here from the device and logged:
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from xlstm import (
     FeedForwardConfig,
@@ -63,7 +74,7 @@ def resolve_slstm_backend(requested: str, device: str) -> str:
     raise ConfigError(f"model.encoder.slstm_backend = {requested!r} is unknown; use one of {SLSTM_BACKENDS}.")
 
 
-def build_stack_config(enc: EncoderConfig, lookback: int, backend: str, dtype: str) -> xLSTMBlockStackConfig:
+def build_stack_config(enc: EncoderConfig, context: int, backend: str, dtype: str) -> xLSTMBlockStackConfig:
     """A fresh upstream stack config (upstream's ``__post_init__`` mutates nested configs in place,
     so sharing one between models would couple them).
 
@@ -93,7 +104,7 @@ def build_stack_config(enc: EncoderConfig, lookback: int, backend: str, dtype: s
     return xLSTMBlockStackConfig(
         mlstm_block=mlstm_block,
         slstm_block=slstm_block,
-        context_length=lookback,  # must be >= the sequence length (it sizes mLSTM's causal mask)
+        context_length=context,  # must be >= the sequence length (it sizes mLSTM's causal mask)
         num_blocks=enc.num_layers,
         embedding_dim=enc.hidden_dim,
         slstm_at=slstm_at,
@@ -144,8 +155,18 @@ class XLSTMEncoder(nn.Module):
         upstream_backend = "cuda" if self.slstm_backend == "cuda" else "vanilla"
         dtype = "bfloat16" if cfg.training.precision == "bfloat16" else "float32"
 
-        self.input_proj = nn.Linear(self.n_factors * self.n_features, enc.hidden_dim)
-        self.stack = xLSTMBlockStack(build_stack_config(enc, self.lookback, upstream_backend, dtype))
+        self.layout, self.patch_days = enc.layout, enc.patch_days
+        self.activation_checkpointing = enc.activation_checkpointing
+        if self.layout == "factorwise":
+            # One token = one factor's features over patch_days days; the stack is shared by factors.
+            self.input_proj = nn.Linear(self.patch_days * self.n_features, enc.hidden_dim)
+            context = self.lookback // self.patch_days
+            self.market_mix = nn.Linear(enc.hidden_dim, enc.hidden_dim)
+            self.mix_norm = nn.LayerNorm(enc.hidden_dim)
+        else:
+            self.input_proj = nn.Linear(self.n_factors * self.n_features, enc.hidden_dim)
+            context = self.lookback
+        self.stack = xLSTMBlockStack(build_stack_config(enc, context, upstream_backend, dtype))
         apply_layer_dropout(self.stack, enc.dropout)
         if self.slstm_backend == "fast":
             use_fast_slstm(self.stack)
@@ -160,8 +181,8 @@ class XLSTMEncoder(nn.Module):
 
         Returns
         -------
-        Tensor, shape (B, H)
-            The stack's output at the last day of the window.
+        Tensor, shape (B, N, H) for layout factorwise (one summary per factor), (B, H) for panel
+            The stack's output at the last token of the window.
         """
         check_shape("x", x, (None, None, self.n_factors, self.n_features), hint="(batch, lookback, factors, features)")
         batch, length = x.shape[0], x.shape[1]
@@ -173,6 +194,31 @@ class XLSTMEncoder(nn.Module):
         if not x.dtype.is_floating_point:
             raise ShapeError(f"x: expected a floating-point tensor, got {x.dtype}.")
         x = x.to(self.input_proj.weight.dtype)
+        if self.layout == "factorwise":
+            return self._factorwise(x)
         z = self.input_proj(x.reshape(batch, length, self.n_factors * self.n_features))  # (B, L, H)
-        z = self.stack(z)  # (B, L, H)
+        z = self._stack(z)  # (B, L, H)
         return z[:, -1]  # (B, H)
+
+    def _stack(self, z: torch.Tensor) -> torch.Tensor:
+        """upstream's ``xLSTMBlockStack.forward``, optionally recomputing each block in backward."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.stack(z)
+        for block in self.stack.blocks:
+            z = torch.utils.checkpoint.checkpoint(block, z, use_reentrant=False)  # RNG (dropout) replayed
+        return self.stack.post_blocks_norm(z)
+
+    def _factorwise(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, N, F) -> (B, N, H): each factor's series through the shared stack, then the market."""
+        batch, length = x.shape[0], x.shape[1]
+        if length % self.patch_days:
+            raise ShapeError(
+                f"x: window length {length} must be a multiple of model.encoder.patch_days = {self.patch_days}."
+            )
+        tokens = length // self.patch_days
+        z = x.permute(0, 2, 1, 3)  # (B, N, L, F)
+        z = z.reshape(batch * self.n_factors, tokens, self.patch_days * self.n_features)  # (B*N, T, P*F)
+        z = self._stack(self.input_proj(z))[:, -1]  # (B*N, H)
+        z = z.view(batch, self.n_factors, self.hidden_dim)  # (B, N, H)
+        market = self.market_mix(z.mean(dim=1, keepdim=True))  # (B, 1, H): what all factors share
+        return self.mix_norm(z + market)  # (B, N, H)

@@ -115,6 +115,40 @@ class MomentHeads(nn.Module):
         return mu, cov_factor, cov_diag
 
 
+class FactorHeads(nn.Module):
+    """Per-factor moments from per-factor summaries, with one set of weights shared by all factors.
+
+    Same outputs, units and scales as :class:`MomentHeads`; factor i's mean, loadings (its row of
+    B) and idiosyncratic variance are read from its own summary h[:, i] alone, so the mapping is
+    learnt once from every factor's data instead of once per factor.
+
+    Parameters: as :class:`MomentHeads`.
+    """
+
+    def __init__(self, hidden_dim: int, n_assets: int, cov_rank: int, min_variance: float, horizon: int):
+        super().__init__()
+        if min_variance <= 0:
+            raise ValueError(f"min_variance must be > 0 so Sigma is positive definite (got {min_variance}).")
+        self.n_assets, self.cov_rank, self.min_variance = n_assets, cov_rank, float(min_variance)
+        vol_h = horizon_vol(horizon)
+        self.mu_scale = 0.1 * vol_h
+        self.factor_scale = vol_h / math.sqrt(cov_rank)
+        self.variance_scale = vol_h**2
+        self.mu_head = nn.Linear(hidden_dim, 1)
+        self.factor_head = nn.Linear(hidden_dim, cov_rank)
+        self.variance_head = nn.Linear(hidden_dim, 1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h (B, N, H) -> mu (B, N), cov_factor (B, N, k), cov_diag (B, N), all float32."""
+        check_shape("encoder summary h", h, (None, self.n_assets, self.mu_head.in_features))
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()  # (B, N, H)
+            mu = self.mu_scale * self.mu_head(h).squeeze(-1)  # (B, N)
+            cov_factor = self.factor_scale * self.factor_head(h)  # (B, N, k)
+            cov_diag = self.variance_scale * F.softplus(self.variance_head(h).squeeze(-1)) + self.min_variance
+        return mu, cov_factor, cov_diag
+
+
 def covariance(cov_factor: torch.Tensor, cov_diag: torch.Tensor) -> torch.Tensor:
     """Dense Sigma = B B^T + diag(d), shape (B, N, N); for tests and diagnostics (O(N^2) memory)."""
     return cov_factor @ cov_factor.transpose(-1, -2) + torch.diag_embed(cov_diag)  # (B, N, N)

@@ -33,6 +33,7 @@ from model.heads import TRADING_DAYS_PER_YEAR, ShapeError, check_shape
 
 PERCENT = 100.0
 """Returns are scaled to percent inside loss_return and loss_cov so that both are O(1)."""
+TERM_KEYS = ("loss_return", "loss_cov", "loss_sharpe", "loss_tc")
 SHARPE_VARIANCE_EPS = 1e-8
 """Added to the batch variance of portfolio returns (return units**2, i.e. a 1e-4 std floor)."""
 
@@ -122,6 +123,7 @@ def compute_losses(
     train_cfg: TrainingConfig,
     tc_rate: float,
     horizon: int,
+    scales: Optional[dict[str, float]] = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted total (definitions in the module docstring).
 
@@ -146,6 +148,10 @@ def compute_losses(
         Proportional cost per unit of one-way turnover (portfolio.tc_rate).
     horizon : int
         Days in the horizon (annualises the Sharpe ratio).
+    scales : dict, optional
+        Fixed multipliers of the terms inside the total (``loss_return``, ``loss_cov``,
+        ``loss_sharpe``, ``loss_tc``; missing = 1), e.g. from :func:`gradient_scales`.  The
+        returned terms themselves are unscaled, so they stay comparable across runs.
 
     Returns
     -------
@@ -167,10 +173,11 @@ def compute_losses(
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),
         "loss_tc": tc_rate * turnover(weights, w_prev),
     }
+    s = {k: 1.0 for k in TERM_KEYS} if scales is None else {k: float(scales.get(k, 1.0)) for k in TERM_KEYS}
     total = (
-        train_cfg.alpha_return * terms["loss_return"]
-        + train_cfg.beta_cov * terms["loss_cov"]
-        + train_cfg.gamma_sharpe * terms["loss_sharpe"]
-        + train_cfg.lambda_tc * terms["loss_tc"]
+        train_cfg.alpha_return * s["loss_return"] * terms["loss_return"]
+        + train_cfg.beta_cov * s["loss_cov"] * terms["loss_cov"]
+        + train_cfg.gamma_sharpe * s["loss_sharpe"] * terms["loss_sharpe"]
+        + train_cfg.lambda_tc * s["loss_tc"] * terms["loss_tc"]
     )
     return {"loss": total, **terms}

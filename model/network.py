@@ -18,7 +18,7 @@ from torch import nn
 
 from model.config import Config
 from model.encoder import XLSTMEncoder
-from model.heads import MomentHeads, check_shape
+from model.heads import FactorHeads, MomentHeads, check_shape
 from model.portfolio import PortfolioLayer
 
 
@@ -57,7 +57,8 @@ class XLSTMPortfolio(nn.Module):
         self.cfg = cfg
         self.n_assets, self.cov_rank = cfg.data.num_factors, cfg.model.heads.cov_rank
         self.encoder = XLSTMEncoder(cfg, device)
-        self.heads = MomentHeads(
+        heads = FactorHeads if cfg.model.encoder.layout == "factorwise" else MomentHeads
+        self.heads = heads(
             hidden_dim=cfg.model.encoder.hidden_dim,
             n_assets=self.n_assets,
             cov_rank=self.cov_rank,
@@ -78,7 +79,7 @@ class XLSTMPortfolio(nn.Module):
         -------
         mu (B, N), cov_factor (B, N, k), cov_diag (B, N), all float32.
         """
-        h = self.encoder(x)  # (B, H)
+        h = self.encoder(x)  # (B, N, H) factorwise, (B, H) panel
         return self.heads(h)
 
     def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None) -> ModelOutput:

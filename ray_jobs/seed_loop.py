@@ -38,6 +38,7 @@ class SeedState:
     best_val_sharpe: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+    loss_scales: dict | None = None  # per-term multipliers (training.loss_scaling), fixed for the run
 
 
 def say(line: str) -> None:
@@ -84,7 +85,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from data import prepare
     from model.network import XLSTMPortfolio
-    from ray_jobs.steps import make_optimizer
+    from ray_jobs.steps import gradient_scales, make_optimizer
 
     quiet_report_log()
     cfg = config_from_dict(loop_config["config"], "<train loop config>")
@@ -99,6 +100,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = XLSTMPortfolio(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(cfg, model, optimizer, scheduler, device, run_dir, rank)
+    if cfg.training.loss_scaling == "gradient" and state.loss_scales is None:
+        state.loss_scales = gradient_scales(cfg, model, source, prepared.splits.train, seed=seed)
+        if rank == 0:
+            say(f"[seed {seed}] loss scales (gradient norm ~1 per term): "
+                + ", ".join(f"{k} {v:.3g}" for k, v in state.loss_scales.items()))
     fwd = model
     if world > 1:
         fwd = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -131,7 +137,7 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
         torch.manual_seed(seed * 100_003 + epoch)  # dropout stream: reproducible after a resume
         stats = train_epoch(cfg, fwd, model, optimizer, shard, source, epoch, world, run_dir,
                             shuffle_buffer=n_train, shuffle_seed=seed * 100_003 + epoch * 101 + rank,
-                            nan_input_at=nan_input_at)
+                            nan_input_at=nan_input_at, scales=state.loss_scales)
         val = validate(cfg, model, source, prepared.splits.val)
         scheduler.step()
         improved = val["val_sharpe"] > state.best_val_sharpe + tr.min_delta
@@ -170,7 +176,7 @@ def progress_line(seed: int, max_epochs: int, m: dict) -> str:
     return (
         f"[seed {seed}] epoch {m['epoch']}/{max_epochs}  loss {m['loss']:.4f} (sharpe term {m['loss_sharpe']:.3f})  "
         f"val_sharpe {m['val_sharpe']:+.3f}  best {m['best_val_sharpe']:+.3f}@{m['best_epoch']}  "
-        f"turnover {m['val_turnover']:.3f}  grad {m['gradient_norm']:.3g}  "
+        f"turnover {m['val_turnover']:.3f}  grad {m['gradient_norm_median']:.3g} (median)  "
         f"{m['epoch_time_s']:.1f}s ({m['samples_per_s']:.0f} samples/s, data wait {100 * m['data_wait_fraction']:.1f}%)"
     )
 

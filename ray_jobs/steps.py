@@ -30,6 +30,7 @@ class EpochStats:
     loss_sharpe: float
     loss_tc: float
     gradient_norm: float  # mean over steps
+    gradient_norm_median: float
     gradient_norm_max: float
     steps: int
     samples: int
@@ -76,7 +77,8 @@ def nonfinite_elements(**tensors: torch.Tensor) -> str:
     return "; non-finite " + ", ".join(parts)
 
 
-def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path):
+def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path,
+                  scales: dict | None = None):
     """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping).
 
     Raises SolverError (a failed solve) or TrainingError (a NaN/inf loss or gradient) naming the
@@ -96,7 +98,7 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     )
     losses = compute_losses(
         mu, cov_factor, cov_diag, out.weights, w_prev, r_horizon, r_daily,
-        cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon,
+        cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon, scales,
     )
     if not torch.isfinite(losses["loss"].detach()):
         culprits = nonfinite_elements(x=x, r_daily=r_daily, mu=mu, cov_factor=cov_factor, cov_diag=cov_diag,
@@ -111,6 +113,43 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     return {k: float(losses[k].detach()) for k in LOSS_KEYS}, float(grad_norm)
 
 
+def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: int = 4, seed: int = 0) -> dict:
+    """Per-term multipliers that give each weighted loss term a gradient of norm ~1 at the start.
+
+    The terms differ in gradient size by orders of magnitude (at initialisation the Sharpe term's
+    gradient is 100-1000 times the return MSE's, because portfolio weights react to mu through
+    Sigma^-1): unscaled, the seed's weights 1.0 / 0.5 / 2.0 would not mean what they say and the
+    Sharpe term alone would drive training.  Measured once, on ``batches`` training batches drawn
+    with ``seed``, in train mode; fixed for the run (stored in checkpoints).  A term with weight 0 or
+    a zero gradient keeps the scale 1.
+    """
+    rng = np.random.default_rng(seed)
+    tr, n = cfg.training, cfg.data.num_factors
+    weights = {"loss_return": tr.alpha_return, "loss_cov": tr.beta_cov, "loss_sharpe": tr.gamma_sharpe,
+               "loss_tc": tr.lambda_tc}
+    params = [p for p in model.parameters() if p.requires_grad]
+    norms: dict[str, list[float]] = {k: [] for k in weights}
+    model.train()
+    dev = solve_device(source.features.device)
+    for _ in range(batches):
+        idx = torch.as_tensor(rng.choice(indices, size=min(tr.batch_size, len(indices)), replace=False))
+        x, r_daily, r_horizon = source.gather(idx.to(source.features.device))
+        w_prev = equal_weights(x.shape[0], n, dev)
+        out = model(x, w_prev)
+        terms = compute_losses(out.mu.to(dev), out.cov_factor.to(dev), out.cov_diag.to(dev), out.weights, w_prev,
+                               r_horizon.to(dev), r_daily.to(dev), tr, cfg.portfolio.tc_rate, cfg.data.prediction_horizon)
+        live = [k for k, w in weights.items() if w != 0.0]
+        for i, key in enumerate(live):
+            grads = torch.autograd.grad(terms[key], params, retain_graph=i < len(live) - 1, allow_unused=True)
+            norms[key].append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
+    model.zero_grad(set_to_none=True)
+    scales = {}
+    for key, values in norms.items():
+        mean = float(np.mean(values)) if values else 0.0
+        scales[key] = 1.0 / mean if mean > 0 and np.isfinite(mean) else 1.0
+    return scales
+
+
 def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int | None):
     """This epoch's batches of decision indices {"t": (B,) int64}, freshly shuffled by the seed."""
     return shard.iter_torch_batches(
@@ -121,7 +160,7 @@ def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int
 
 def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path,
                 shuffle_buffer: int = 100_000, shuffle_seed: int | None = None,
-                nan_input_at: tuple | None = None) -> EpochStats:
+                nan_input_at: tuple | None = None, scales: dict | None = None) -> EpochStats:
     """One pass over this worker's shard of freshly shuffled decision indices.
 
     ``training.steps_per_epoch`` stops the pass early: a fresh random subset each epoch.
@@ -140,7 +179,7 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
         if nan_input_at is not None and tuple(nan_input_at[:2]) == (epoch, step):
             x = x.clone()
             x[nan_input_at[2]] = float("nan")
-        terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir)
+        terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir, scales)
         for key in LOSS_KEYS:
             sums[key] += terms[key]
         norms.append(norm)
@@ -157,7 +196,8 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
         )
     return EpochStats(
         **{k: v / steps for k, v in sums.items()}, gradient_norm=float(np.mean(norms)),
-        gradient_norm_max=float(np.max(norms)), steps=steps, samples=samples, epoch_time_s=elapsed,
+        gradient_norm_median=float(np.median(norms)), gradient_norm_max=float(np.max(norms)), steps=steps,
+        samples=samples, epoch_time_s=elapsed,
         samples_per_s=samples / elapsed, data_wait_s=wait, data_wait_fraction=wait / elapsed,
     )
 

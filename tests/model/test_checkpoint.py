@@ -17,7 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 N_FACTORS, N_FEATURES, LOOKBACK = 5, 9, 20
 SMALL = [
     f"data.lookback_days={LOOKBACK}", f"data.num_factors={N_FACTORS}", "portfolio.max_weight=0.5",
-    "portfolio.solver=torch", "model.encoder.hidden_dim=32", "model.heads.cov_rank=2",
+    "portfolio.solver=torch", "model.encoder.hidden_dim=32", "model.heads.cov_rank=2", "model.encoder.patch_days=5",
 ]
 
 

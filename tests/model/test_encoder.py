@@ -35,7 +35,7 @@ def small_config(path: Path = MAC, *overrides: str):
         "training.device=cpu", "training.precision=float32", "training.compile=false",
         "training.gpus_per_worker=0", f"data.lookback_days={LOOKBACK}", f"data.num_factors={N_FACTORS}",
         "portfolio.max_weight=0.5", "portfolio.solver=torch", "model.encoder.hidden_dim=32",
-        "model.heads.cov_rank=2",
+        "model.heads.cov_rank=2", "model.encoder.patch_days=5", "model.encoder.activation_checkpointing=false",
     ]
     return load_config(path, base + list(overrides))
 
@@ -61,8 +61,10 @@ def test_encoder_shapes_and_per_layer_dropout(path):
     enc_cfg = cfg.model.encoder
     torch.manual_seed(0)
     encoder = XLSTMEncoder(cfg, "cpu")
-    assert encoder(windows()).shape == (3, 32)
-    assert encoder(windows(length=7)).shape == (3, 32)  # shorter than the lookback works
+    assert encoder(windows()).shape == (3, N_FACTORS, 32)  # factorwise: one summary per factor
+    assert encoder(windows(length=10)).shape == (3, N_FACTORS, 32)  # shorter than the lookback works
+    with pytest.raises(ShapeError, match="window length 7 must be a multiple of model.encoder.patch_days = 5"):
+        encoder(windows(length=7))
     blocks = list(encoder.stack.blocks)
     assert [("sLSTM" if isinstance(b, sLSTMBlock) else "mLSTM") for b in blocks] == list(enc_cfg.cell_types)
     assert all(isinstance(b, (sLSTMBlock, mLSTMBlock)) for b in blocks)
@@ -70,6 +72,42 @@ def test_encoder_shapes_and_per_layer_dropout(path):
         ps = [m.p for m in block.modules() if isinstance(m, torch.nn.Dropout)]
         assert ps == [p] * (2 if isinstance(block, sLSTMBlock) else 1), f"block {i}: {ps} vs {p}"
     assert len(set(enc_cfg.dropout)) > 1 or path == MAC  # the full config really has distinct values
+
+
+def test_panel_layout_gives_one_summary_per_window():
+    encoder = XLSTMEncoder(small_config(MAC, "model.encoder.layout=panel"), "cpu")
+    assert encoder(windows()).shape == (3, 32)
+    assert encoder(windows(length=7)).shape == (3, 32)
+    assert encoder.input_proj.in_features == N_FACTORS * N_FEATURES
+
+
+def test_factorwise_encoder_shares_weights_across_factors():
+    """Permuting the factors of the input permutes the summaries the same way (one shared rule),
+    and each factor's summary depends on the other factors only through the market mean."""
+    torch.manual_seed(0)
+    encoder = XLSTMEncoder(small_config(MAC), "cpu").eval()
+    assert encoder.input_proj.in_features == 5 * N_FEATURES  # a patch of one factor, not the panel
+    x = windows(batch=2, seed=1)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        out, out_perm = encoder(x), encoder(x[:, :, perm])
+    torch.testing.assert_close(out_perm, out[:, perm], rtol=0, atol=1e-5)
+    assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3  # factors do get different summaries
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
+    results = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        encoder = XLSTMEncoder(small_config(MAC, f"model.encoder.activation_checkpointing={flag}"), "cpu").train()
+        torch.manual_seed(1)  # same dropout masks: checkpointing replays the RNG state
+        out = encoder(windows(batch=2, seed=2))
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters()}))
+    (out_a, g_a), (out_b, g_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=1e-6)
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_dropout_is_active_in_train_mode_only():
@@ -114,7 +152,7 @@ def test_fast_slstm_matches_upstream_vanilla_outputs_and_grads():
     results = []
     for model in (upstream, fast):
         xi = x.clone().requires_grad_(True)
-        out = model(xi)  # (B, H)
+        out = model(xi)  # (B, N, H)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((out.detach(), xi.grad, grads))
