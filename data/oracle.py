@@ -31,7 +31,7 @@ import numpy as np
 
 from data.scoring import TRADING_DAYS, score_weights
 from data.splits import rebalance_indices
-from data.windows import horizon_returns, prepare
+from data.windows import PreparedData, horizon_returns, prepare
 from model.cli import config_parser, run_cli
 from model.config import Config, PortfolioConfig, load_config
 from model.errors import DataError, SolverError
@@ -88,6 +88,24 @@ class MeanVarianceProblem:
         return w
 
 
+def chain_policy(decide: Callable, rebalances: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Call ``decide(t, w_prev) -> w (N,)`` at each decision index in order, from 1/N.
+
+    Returns
+    -------
+    weights, w_prev : np.ndarray, float64, (n_reb, N)
+        Each rebalance's target weights and the weights it traded from (the previous target).
+    """
+    w_prev = np.full(n, 1.0 / n)
+    weights, prevs = [], []
+    for t in rebalances:
+        w = decide(int(t), w_prev)  # (N,)
+        weights.append(w)
+        prevs.append(w_prev)
+        w_prev = w
+    return np.stack(weights).astype(np.float64), np.stack(prevs).astype(np.float64)
+
+
 def run_policy(
     decide: Callable, r_horizon: np.ndarray, rebalances: np.ndarray, tc_rate: float, horizon: int
 ) -> PolicyResult:
@@ -96,16 +114,9 @@ def run_policy(
     ``r_horizon`` (T, N): compounded returns over t+1..t+horizon (see :func:`horizon_returns`).
     Scored by :func:`data.scoring.score_weights`, as the model's validation and backtest are.
     """
-    n = r_horizon.shape[1]
-    w_prev = np.full(n, 1.0 / n)
-    weights, prevs = [], []
-    for t in rebalances:
-        w = decide(int(t), w_prev)  # (N,)
-        weights.append(w)
-        prevs.append(w_prev)
-        w_prev = w
+    weights, prevs = chain_policy(decide, rebalances, r_horizon.shape[1])
     idx = np.asarray(rebalances)
-    scored = score_weights(idx, np.stack(weights), np.stack(prevs), r_horizon[idx], tc_rate, horizon)
+    scored = score_weights(idx, weights, prevs, r_horizon[idx], tc_rate, horizon)
     per_year = TRADING_DAYS / horizon
     return PolicyResult(
         sharpe=scored.sharpe, ann_return=float(scored.net.mean() * per_year),
@@ -114,19 +125,42 @@ def run_policy(
     )
 
 
-def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> Callable:
-    """Past-only policy: ridge on the features at t (train split) + a trailing one-factor risk model."""
+def probe_means(prep, r_horizon: np.ndarray) -> np.ndarray:
+    """The probe's expected horizon returns at every date, (T, N): a pooled ridge (penalty 1) of the
+    horizon return on the normalised features at t, fitted on the train split only."""
     x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
-    h = prep.data_cfg.prediction_horizon
     train = prep.splits.train
     xt = x[train].reshape(-1, x.shape[-1])  # (n_train * N, F)
     yt = r_horizon[train].reshape(-1)  # (n_train * N,)
     xt1 = np.column_stack([np.ones(len(xt)), xt])
     beta = np.linalg.solve(xt1.T @ xt1 + 1.0 * np.eye(xt1.shape[1]), xt1.T @ yt)  # (F + 1,)
+    return beta[0] + x @ beta[1:]  # (T, N)
+
+
+def probe_ic(cfg: Config, panel_path: str | None = None) -> dict[str, float]:
+    """{split: the probe's mean rank IC}: the mean over the split's rebalance dates of the Spearman
+    correlation of its mu with the realised horizon returns."""
+    from scipy.stats import spearmanr
+
+    prep = prepare(cfg, panel_path)
+    h = cfg.data.prediction_horizon
+    r_horizon = horizon_returns(prep.panel.returns, h)  # (T, N)
+    mu = probe_means(prep, r_horizon)
+    out = {}
+    for name, split in prep.splits.items():
+        idx = rebalance_indices(split, h)
+        out[name] = float(np.nanmean([spearmanr(mu[t], r_horizon[t]).statistic for t in idx]))
+    return out
+
+
+def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> Callable:
+    """Past-only policy: ridge on the features at t (train split) + a trailing one-factor risk model."""
+    means = probe_means(prep, r_horizon)  # (T, N)
+    h = prep.data_cfg.prediction_horizon
     returns = prep.panel.returns
 
     def decide(t: int, w_prev: np.ndarray) -> np.ndarray:
-        mu = beta[0] + x[t] @ beta[1:]  # (N,)
+        mu = means[t]  # (N,)
         past = returns[max(0, t - 251): t + 1]  # (<=252, N), dates <= t only
         dev = past - past.mean(axis=0)  # (n_obs, N)
         market = dev.mean(axis=1)  # (n_obs,) equal-weight market
@@ -140,13 +174,42 @@ def _probe_policy(prep, problem: MeanVarianceProblem, r_horizon: np.ndarray) -> 
     return decide
 
 
+def probe_weights(prep: PreparedData, rebalances: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """The probe's chained target weights at the decision indices ``rebalances`` (K,), from 1/N.
+
+    The ridge is fitted on ``prep``'s train split (features normalised by ``prep.normalizer``);
+    the decision at t reads the features at t and the returns of dates t-251..t only.  The problem
+    (constraints, risk aversion, cost ``pf.tc_rate``) is :class:`MeanVarianceProblem`.
+
+    Returns
+    -------
+    np.ndarray, float64, (K, N)
+    """
+    rebalances = np.asarray(rebalances)
+    train_end = int(prep.splits.train[-1]) + prep.data_cfg.prediction_horizon  # last train label day
+    if rebalances.ndim != 1 or rebalances.size == 0:
+        raise DataError(
+            f"probe_weights: rebalances has shape {rebalances.shape}; pass a 1-D array of >= 1 decision index."
+        )
+    if int(rebalances.min()) <= train_end:
+        raise DataError(
+            f"probe_weights: decision index {int(rebalances.min())} is not after the train split's last label day "
+            f"({train_end}): the ridge would see its own targets. Pass val or test rebalances."
+        )
+    n = prep.panel.returns.shape[1]
+    r_horizon = horizon_returns(prep.panel.returns, prep.data_cfg.prediction_horizon)  # (T, N)
+    decide = _probe_policy(prep, MeanVarianceProblem(n, 1, pf), r_horizon)
+    return chain_policy(decide, rebalances, n)[0]
+
+
 def policy_table(
-    cfg: Config, panel_path: str | None = None, probe: bool = True, progress: bool = False
+    cfg: Config, panel_path: str | None = None, probe: bool = True, progress: bool = False,
+    splits: tuple[str, ...] | None = None,
 ) -> dict[str, dict[str, PolicyResult]]:
     """{split: {"oracle" | "probe" | "equal": PolicyResult}} on the embedded synthetic panel.
 
     A panel file (``panel_path`` or ``cfg.data.panel_path``) has no truth: only probe and 1/N.
-    ``probe=False`` skips the probe (half the time).
+    ``probe=False`` skips the probe (half the time); ``splits`` limits the table to those splits.
     """
     from data.synthetic import SEED, generate
 
@@ -173,6 +236,8 @@ def policy_table(
         )
     table: dict[str, dict[str, PolicyResult]] = {}
     for name, split in prep.splits.items():
+        if splits is not None and name not in splits:
+            continue
         reb = rebalance_indices(split, h)
         table[name] = {}
         for pol, decide in policies.items():

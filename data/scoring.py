@@ -11,7 +11,8 @@ way.  Conventions (also in docs/training.md):
 * ``turnover_k = 0.5 * ||w_k - w_prev_k||_1`` (one-way); ``cost_k = tc_rate * ||w_k - w_prev_k||_1``
   (every unit bought or sold pays ``tc_rate``, as in the optimisation's cost term).
 * ``net_k = w_k . r_k - cost_k`` with ``r_k`` the compounded horizon return of each factor.
-* Sharpe = mean(net) / std(net, ddof=1) * sqrt(252 / horizon) (annualised; 0 when std < 1e-12).
+* Sharpe = mean(net) / std(net, ddof=1) * sqrt(252 / horizon) (annualised; 0 when std < 1e-12);
+  its standard error is Lo's (2002) iid form, :func:`sharpe_standard_error`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,29 @@ def annualised_sharpe(net: np.ndarray, horizon: int) -> float:
     if std < 1e-12:  # constant returns: no risk measured, no Sharpe
         return 0.0
     return float(net.mean() / std * math.sqrt(TRADING_DAYS / horizon))
+
+
+def sharpe_standard_error(net: np.ndarray, horizon: int) -> float:
+    """Standard error of the annualised Sharpe ratio, Lo (2002), iid returns.
+
+    With ``n`` per-period returns and per-period Sharpe ``s = mean / std`` (ddof=1; 0 for constant
+    returns, as in :func:`annualised_sharpe`): ``SE = sqrt((1 + s^2 / 2) / n) * sqrt(252 / horizon)``.
+
+    Parameters
+    ----------
+    net : np.ndarray, (n,)
+        Per-period (per-rebalance) net returns.
+    horizon : int
+        Days per period.
+
+    Returns
+    -------
+    float, in the units of :func:`annualised_sharpe`.
+    """
+    net = np.asarray(net, dtype=np.float64)
+    periods = TRADING_DAYS / horizon
+    s = annualised_sharpe(net, horizon) / math.sqrt(periods)  # per-period Sharpe; checks n >= 2
+    return float(math.sqrt((1.0 + 0.5 * s * s) / net.size) * math.sqrt(periods))
 
 
 def max_drawdown(net: np.ndarray) -> float:

@@ -145,7 +145,7 @@ class TrainingConfig:
     """Weight of the transaction-cost term (tc_rate x turnover against the previous weights)."""
     loss_scaling: Literal["gradient", "none"] = "gradient"
     """gradient: before the first epoch, scale each loss term so that its gradient has norm ~1
-    (measured on 4 training batches, fixed for the run), so the weights above weigh comparable
+    (measured on 2 training batches, fixed for the run), so the weights above weigh comparable
     gradients; none: raw terms (the Sharpe term's gradient is then 100-1000x the others')."""
     weight_decay: float = 0.01
     """AdamW weight decay."""

@@ -3,12 +3,24 @@
   python -m ray_jobs.backtest --experiment runs/ensembles/NAME --out runs/report
 
 Rebalances every ``horizon`` days over the test split (non-overlapping holding periods), each
-policy trading from its previous weights, net of ``portfolio.tc_rate`` per unit traded, all under
-the training constraints.  Policies: the ensemble, each member, 1/N, minimum variance and sample
-mean-variance.  The baselines estimate from the ``ESTIMATION_DAYS`` daily returns up to the
-decision date (no look-ahead), scale to the horizon, shrink the covariance towards its diagonal,
-and optimise without the cost term (costs are charged all the same).
-Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
+policy trading from its previous weights (1/N before the first rebalance), net of
+``portfolio.tc_rate`` per unit traded, all under the training constraints.  Policies:
+
+- the ensemble and each member;
+- **probe**: the past-only linear probe of :mod:`data.oracle` (pooled ridge of the horizon return
+  on the normalised features at t, fitted on the train split; a trailing-252-day one-factor risk
+  model), solved with the training problem, cost term included (:func:`data.oracle.probe_weights`);
+- **1/N**;
+- **inverse volatility**: weights proportional to 1/sigma_i of the ``ESTIMATION_DAYS`` daily returns
+  up to t (skfolio's ``InverseVolatility``); with ``long_only`` and ``max_weight``, clipped at
+  max_weight and the rest renormalised, repeatedly (:func:`cap_weights`), so the weights are
+  ``min(max_weight, c / sigma_i)`` with c such that they sum to 1;
+- **min variance** and **sample mean-variance**: estimated from the ``ESTIMATION_DAYS`` daily
+  returns up to the decision date (no look-ahead), scaled to the horizon, the covariance shrunk
+  towards its diagonal, optimised without the cost term (costs are charged all the same).
+
+Every row has the Sharpe ratio's standard error ``sharpe_se`` (Lo 2002, iid:
+:func:`data.scoring.sharpe_standard_error`).  Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from data import horizon_returns
-from model.errors import PortfolioTrainerError
+from data.scoring import sharpe_standard_error
+from model.errors import ConfigError, DataError, PortfolioTrainerError
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
 from ray_jobs.inference import EnsembleInputs
@@ -46,15 +59,19 @@ def sample_moments(returns: np.ndarray, t: int, horizon: int) -> tuple[np.ndarra
     return window.mean(axis=0) * horizon, factor, diag
 
 
-def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
-    """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
-    from model.portfolio import solve_reference
-
+def _check_history(indices: np.ndarray) -> None:
     if indices[0] < ESTIMATION_DAYS - 1:
         raise PortfolioTrainerError(
             f"the baselines need {ESTIMATION_DAYS} days of history before the first test rebalance "
             f"(index {indices[0]}); use a longer panel."
         )
+
+
+def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
+    """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
+    from model.portfolio import solve_reference
+
+    _check_history(indices)
     n = returns.shape[1]
     # The classic baselines: no cost term in their objective (with it, 5-day risk is too small
     # to ever pay for leaving 1/N, and "minimum variance" would be 1/N); costs are still charged.
@@ -65,6 +82,70 @@ def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg
         w = solve_reference(mu if use_mean else np.zeros(n), factor, diag, prev, classic, tol=1e-8)
         rows.append(w)
         prev = w
+    return np.vstack(rows)
+
+
+def cap_weights(weights: np.ndarray, max_weight: float) -> np.ndarray:
+    """Clip long-only weights at ``max_weight`` and renormalise the others, until none exceeds it.
+
+    Gives ``min(max_weight, c * weights_i)`` with c > 0 such that the result sums to 1: the uncapped
+    weights keep their ratios.  (Not the Euclidean projection onto the constraints.)
+
+    Parameters
+    ----------
+    weights : np.ndarray, (N,)
+        Positive weights (only their ratios matter).
+    max_weight : float
+        Upper bound per weight; needs N * max_weight >= 1.
+
+    Returns
+    -------
+    np.ndarray, float64, (N,)
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) * max_weight < 1 - 1e-12:
+        raise ConfigError(
+            f"portfolio.max_weight = {max_weight} with {len(w)} assets cannot sum to 1; "
+            f"set max_weight >= {1 / len(w):.6g}."
+        )
+    capped = np.zeros(len(w), dtype=bool)
+    out = np.empty_like(w)
+    while True:  # each pass caps >= 1 more weight, so at most N + 1 passes
+        free = ~capped
+        out[capped] = max_weight
+        if not free.any():
+            return out
+        out[free] = w[free] * (1 - max_weight * capped.sum()) / w[free].sum()
+        over = free & (out > max_weight)
+        if not over.any():
+            return out
+        capped |= over
+
+
+def inverse_volatility_weights(returns: np.ndarray, indices: np.ndarray, cfg) -> np.ndarray:
+    """Inverse-volatility weights at the decision indices (K,) from the daily returns (T, N).
+
+    Each decision t uses the ``ESTIMATION_DAYS`` returns of dates t-E+1..t only (skfolio's
+    ``InverseVolatility``: w_i proportional to 1 / sigma_i); with ``long_only`` and a
+    ``max_weight``, :func:`cap_weights` enforces the bound.  Returns (K, N) float64.
+    """
+    from skfolio.exceptions import NonPositiveVarianceError
+    from skfolio.optimization import InverseVolatility
+
+    _check_history(indices)
+    rows = []
+    for t in indices:
+        window = returns[int(t) - ESTIMATION_DAYS + 1: int(t) + 1]  # (E, N), dates <= t only
+        try:
+            w = np.asarray(InverseVolatility().fit(window).weights_, dtype=np.float64)
+        except NonPositiveVarianceError as exc:
+            raise DataError(
+                f"inverse volatility at decision index {int(t)}: a factor's returns are constant over "
+                f"the {ESTIMATION_DAYS} days up to it ({exc}); drop that factor from the panel."
+            ) from None
+        if cfg.constraint == "long_only" and cfg.max_weight is not None:
+            w = cap_weights(w, cfg.max_weight)
+        rows.append(w)
     return np.vstack(rows)
 
 
@@ -80,8 +161,30 @@ def summary_row(name: str, result: PolicyResult) -> dict:
         "annual_return": float(result.net.mean() * periods),
         "annual_volatility": float(result.net.std(ddof=1) * math.sqrt(periods)),
         "sharpe": result.sharpe,
+        "sharpe_se": sharpe_standard_error(result.net, result.horizon),
         "max_drawdown": max_drawdown(result.net),
         "turnover": result.mean_turnover,
+    }
+
+
+def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dict[str, np.ndarray]:
+    """Weights (K, N) of the probe, 1/N, inverse volatility, min variance, sample mean-variance.
+
+    The probe's ridge and normaliser come from ``data.prepare`` on the ensemble's config and the
+    same panel (``data``, else the config's): fitted on that panel's train split.
+    """
+    from data import prepare
+    from data.oracle import probe_weights
+
+    cfg = inputs.ensemble.cfg
+    pf, h, returns = cfg.portfolio, inputs.horizon, inputs.panel.returns
+    n = returns.shape[1]
+    return {
+        "probe": probe_weights(prepare(cfg, data), idx, pf),
+        "1/N": np.full((len(idx), n), 1.0 / n),
+        "inverse volatility": inverse_volatility_weights(returns, idx, pf),
+        "min variance": baseline_weights(returns, idx, h, pf, use_mean=False),
+        "sample mean-variance": baseline_weights(returns, idx, h, pf, use_mean=True),
     }
 
 
@@ -97,10 +200,7 @@ def run_backtest(experiment: Path, data=None, device: str = "cpu") -> tuple[pd.D
     x = inputs.windows(idx)
     policies = {"ensemble": ens.weights(x).cpu().numpy()}
     policies.update({f"seed {s}": w.cpu().numpy() for s, w in ens.member_weights(x).items()})
-    n = returns.shape[1]
-    policies["1/N"] = np.full((len(idx), n), 1.0 / n)
-    policies["min variance"] = baseline_weights(returns, idx, h, cfg, use_mean=False)
-    policies["sample mean-variance"] = baseline_weights(returns, idx, h, cfg, use_mean=True)
+    policies.update(baseline_policies(inputs, idx, data))
     results = {k: score_weights(idx, w, chained_prev(w), r_h, cfg.tc_rate, h) for k, w in policies.items()}
     table = pd.DataFrame([summary_row(k, r) for k, r in results.items()])
     return table, results, inputs, idx
@@ -123,19 +223,45 @@ def plot_equity(results: dict, dates, path: Path) -> None:
     plt.close(fig)
 
 
+REPORT_NOTES = f"""
+Annualised with 252 trading days; turnover is one-way per rebalance.  `sharpe_se` is the Sharpe
+ratio's standard error (Lo 2002, iid returns): sqrt((1 + s^2 / 2) / n) * sqrt(252 / horizon) with
+n rebalances and s the per-period Sharpe.  It is the sampling error of one policy's Sharpe; the
+policies share the test dates, so a difference between two has its own (usually smaller) error.
+Every policy decides from data up to its decision date only and trades from its previous weights
+(1/N first):
+
+- **probe**: pooled ridge of the horizon return on the normalised features at t (fitted on the
+  train split) with a trailing-252-day one-factor risk model, solved under the same constraints
+  and cost as the ensemble (`data.oracle.probe_weights`); a trained model should reach at least this;
+- **inverse volatility**: weights proportional to 1/sigma of the last {ESTIMATION_DAYS} daily
+  returns; long_only weights above max weight are clipped and the rest renormalised, repeatedly;
+- **min variance**, **sample mean-variance**: sample moments of the last {ESTIMATION_DAYS} daily
+  returns (covariance shrunk {SHRINKAGE:g} towards its diagonal), optimised without the cost term;
+  costs are charged all the same.
+"""
+
+
+def constraint_text(pf) -> str:
+    """The portfolio constraint as the report states it: max weight (long_only) or leverage (long_short)."""
+    if pf.constraint == "long_only":
+        bound = "none" if pf.max_weight is None else f"{pf.max_weight:g}"
+        return f"long_only (max weight {bound})"
+    return f"long_short (leverage {pf.leverage:g})"
+
+
 def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
     from ray_jobs.analyze import to_markdown
 
-    cfg = inputs.ensemble.cfg
+    pf = inputs.ensemble.cfg.portfolio
     dates = inputs.panel.dates[idx]
     text = [
         f"# Backtest of {Path(experiment).name}\n",
         f"Test split {dates[0]} .. {dates[-1]}: {len(idx)} rebalances every {inputs.horizon} days; "
-        f"constraint {cfg.portfolio.constraint} (max weight {cfg.portfolio.max_weight}, leverage "
-        f"{cfg.portfolio.leverage}); cost {cfg.portfolio.tc_rate} per unit traded; "
+        f"constraint {constraint_text(pf)}; cost {pf.tc_rate} per unit traded; "
         f"ensemble of seeds {inputs.ensemble.seeds}.\n",
         to_markdown(table.round(4)),
-        "\nAnnualised with 252 trading days; turnover is one-way per rebalance.\n",
+        REPORT_NOTES,
         "![equity](equity.png)\n",
     ]
     path = out / "report.md"

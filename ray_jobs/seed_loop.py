@@ -100,11 +100,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = XLSTMPortfolio(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(cfg, model, optimizer, scheduler, device, run_dir, rank)
-    if cfg.training.loss_scaling == "gradient" and state.loss_scales is None:
-        state.loss_scales = gradient_scales(cfg, model, source, prepared.splits.train, seed=seed)
-        if rank == 0:
-            say(f"[seed {seed}] loss scales (gradient norm ~1 per term): "
-                + ", ".join(f"{k} {v:.3g}" for k, v in state.loss_scales.items()))
     fwd = model
     if world > 1:
         fwd = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -113,6 +108,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     writer = _writer(run_dir, state.epoch) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     try:
+        if cfg.training.loss_scaling == "gradient" and state.loss_scales is None:
+            state.loss_scales = gradient_scales(cfg, model, source, prepared.splits.train, seed=seed)
+            if rank == 0:
+                say(f"[seed {seed}] loss scales (gradient norm ~1 per term): "
+                    + ", ".join(f"{k} {v:.3g}" for k, v in state.loss_scales.items()))
         _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, state, source, prepared, shard, writer,
              loop_config.get("fail_after_epoch"), int(loop_config.get("n_train", 100_000)),
              loop_config.get("nan_input_at"))
@@ -138,7 +138,7 @@ def _fit(cfg, seed, run_dir, rank, world, model, fwd, optimizer, scheduler, stat
         stats = train_epoch(cfg, fwd, model, optimizer, shard, source, epoch, world, run_dir,
                             shuffle_buffer=n_train, shuffle_seed=seed * 100_003 + epoch * 101 + rank,
                             nan_input_at=nan_input_at, scales=state.loss_scales)
-        val = validate(cfg, model, source, prepared.splits.val)
+        val = validate(cfg, model, source, prepared.splits.val, scales=state.loss_scales)
         scheduler.step()
         improved = val["val_sharpe"] > state.best_val_sharpe + tr.min_delta
         if improved:

@@ -18,6 +18,8 @@ from model.network import solve_device
 from ray_jobs.evaluation import chain_solves, score_weights
 
 LOSS_KEYS = ("loss", "loss_return", "loss_cov", "loss_sharpe", "loss_tc")
+VANISHING_GRADIENT = 1e-6
+"""A term whose starting gradient norm is below this share of the largest term's cannot be scaled."""
 
 
 @dataclass
@@ -113,15 +115,16 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     return {k: float(losses[k].detach()) for k in LOSS_KEYS}, float(grad_norm)
 
 
-def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: int = 4, seed: int = 0) -> dict:
+def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: int = 2, seed: int = 0) -> dict:
     """Per-term multipliers that give each weighted loss term a gradient of norm ~1 at the start.
 
     The terms differ in gradient size by orders of magnitude (at initialisation the Sharpe term's
     gradient is 100-1000 times the return MSE's, because portfolio weights react to mu through
     Sigma^-1): unscaled, the seed's weights 1.0 / 0.5 / 2.0 would not mean what they say and the
     Sharpe term alone would drive training.  Measured once, on ``batches`` training batches drawn
-    with ``seed``, in train mode; fixed for the run (stored in checkpoints).  A term with weight 0 or
-    a zero gradient keeps the scale 1.
+    with ``seed``, in train mode; fixed for the run (stored in checkpoints).  A term with weight 0
+    keeps the scale 1; a weighted term whose gradient vanishes at the start raises TrainingError
+    (scaling it by 1 / ~0 would blow it up as soon as it moves).
     """
     rng = np.random.default_rng(seed)
     tr, n = cfg.training, cfg.data.num_factors
@@ -143,11 +146,17 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
             grads = torch.autograd.grad(terms[key], params, retain_graph=i < len(live) - 1, allow_unused=True)
             norms[key].append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
     model.zero_grad(set_to_none=True)
-    scales = {}
-    for key, values in norms.items():
-        mean = float(np.mean(values)) if values else 0.0
-        scales[key] = 1.0 / mean if mean > 0 and np.isfinite(mean) else 1.0
-    return scales
+    means = {k: float(np.mean(v)) for k, v in norms.items() if v}
+    largest = max(means.values(), default=0.0)
+    for key, mean in means.items():
+        if not np.isfinite(mean) or mean <= VANISHING_GRADIENT * largest:
+            raise TrainingError(
+                f"training.loss_scaling = gradient: the gradient of {key} at initialisation has norm {mean:.3g} "
+                f"(the largest term's: {largest:.3g}), so it cannot be scaled to 1. A term with no gradient at "
+                "the start (e.g. loss_tc with portfolio.tc_rate = 0, or a portfolio held at the cost kink "
+                "w = w_prev) needs its weight set to 0, or training.loss_scaling: none."
+            )
+    return {key: 1.0 / means[key] if key in means else 1.0 for key in weights}
 
 
 def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int | None):
@@ -215,7 +224,8 @@ def predict_moments(cfg: Config, model, source, indices: np.ndarray):
 
 
 @torch.no_grad()
-def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str = "val") -> dict:
+def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str = "val",
+             scales: dict | None = None) -> dict:
     """Validation losses, Sharpe and turnover at non-overlapping rebalances, net of costs."""
     h = cfg.data.prediction_horizon
     idx = rebalance_indices(split_indices, h)
@@ -226,7 +236,7 @@ def validate(cfg: Config, model, source, split_indices: np.ndarray, prefix: str 
     r_daily, r_horizon = r_daily.to(dev), r_horizon.to(dev)
     losses = compute_losses(
         mu, cov_factor, cov_diag, weights, w_prev, r_horizon, r_daily,
-        cfg.training, cfg.portfolio.tc_rate, h,
+        cfg.training, cfg.portfolio.tc_rate, h, scales,
     )
     result = score_weights(idx, weights.cpu().numpy(), w_prev.cpu().numpy(), r_horizon.cpu().numpy(), cfg.portfolio.tc_rate, h)
     out = {f"{prefix}_{k}": float(losses[k]) for k in LOSS_KEYS}

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ENTRY_POINTS = (
     "train", "ray_jobs.ensemble", "ray_jobs.analyze", "ray_jobs.predict", "ray_jobs.backtest",
-    "ray_jobs.demo", "data.build_panel", "data.oracle", "data.summary",
+    "ray_jobs.demo", "data.build_panel", "data.oracle", "data.summary", "benchmarks.quality",
+    "benchmarks.model_cost",
 )
 """``train`` is ``python train.py``; the others are ``python -m NAME``."""
 

@@ -114,3 +114,18 @@ def test_gradients_reach_every_prediction():
     losses(t)["loss"].backward()
     for key in ("mu", "cov_factor", "cov_diag", "weights"):
         assert torch.isfinite(t[key].grad).all() and t[key].grad.abs().max() > 0, key
+
+
+def test_scales_multiply_each_term_inside_the_total_only():
+    t = inputs(4)
+    raw = losses(t)
+    scales = {"loss_return": 2.0, "loss_cov": 0.25, "loss_sharpe": 0.01, "loss_tc": 3.0}
+    scaled = compute_losses(
+        t["mu"], t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"],
+        TRAIN, TC_RATE, HORIZON, scales,
+    )
+    for key in ("loss_return", "loss_cov", "loss_sharpe", "loss_tc"):
+        assert float(scaled[key]) == float(raw[key])  # the logged terms stay unscaled
+    expected = (TRAIN.alpha_return * 2.0 * float(raw["loss_return"]) + TRAIN.beta_cov * 0.25 * float(raw["loss_cov"])
+                + TRAIN.gamma_sharpe * 0.01 * float(raw["loss_sharpe"]) + TRAIN.lambda_tc * 3.0 * float(raw["loss_tc"]))
+    assert float(scaled["loss"]) == pytest.approx(expected, rel=1e-12)

@@ -112,9 +112,14 @@ def test_backtest_report(experiment, tmp_path):
     assert main(["--experiment", str(experiment), "--out", str(tmp_path)]) == 0
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     policies = set(metrics["policy"])
-    assert {"ensemble", "1/N", "min variance", "sample mean-variance", "seed 42", "seed 123"} <= policies
+    assert policies == {"ensemble", "seed 42", "seed 123", "probe", "1/N", "inverse volatility", "min variance",
+                        "sample mean-variance"}
+    assert list(metrics.columns) == ["policy", "annual_return", "annual_volatility", "sharpe", "sharpe_se",
+                                     "max_drawdown", "turnover"]
+    assert (metrics["sharpe_se"] > 0).all()
     assert (tmp_path / "equity.png").stat().st_size > 0
-    assert "ensemble" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "ensemble" in report and "long_only (max weight 0.1)" in report and "leverage" not in report
     one_over_n = metrics.set_index("policy").loc["1/N"]
     assert one_over_n["turnover"] == pytest.approx(0.0, abs=1e-12)  # 1/N never trades after the start
     assert (metrics["max_drawdown"] >= 0).all()

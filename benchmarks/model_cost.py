@@ -1,0 +1,109 @@
+"""FLOPs and activation memory of one training step of a config's encoder + heads, measured on CPU.
+
+  python -m benchmarks.model_cost --config configs/model_config_h100_full.yaml [--batch 2]
+
+Counts the FLOPs of one forward + backward of the encoder and heads (``torch.utils.flop_counter``,
+matmuls and convolutions) at a small batch and scales them to the config's batch (both are linear
+in the batch), and measures the peak resident memory that the step adds on the CPU (float32), with
+activation checkpointing as configured and the other way round.  Prints what that implies for the
+config's batch in bf16 and an epoch time at an assumed sustained throughput.  The portfolio solve
+is not included (float64, a few ms per step; docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from ray_jobs.cli import CliParser, run_cli
+
+SUSTAINED_TFLOPS = 200.0
+"""Assumed sustained bf16 throughput of one H100 on these small (hidden 1024) matmuls: about a
+fifth of the dense peak; a guess to be replaced by the GPU check's measurement."""
+
+
+def measure(config: str, batch: int, checkpointing: bool) -> dict:
+    """One step at ``batch`` in this process: FLOPs and the peak RSS increase (bytes)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.config import load_config
+    from model.encoder import XLSTMEncoder
+    from model.heads import FactorHeads, MomentHeads
+
+    torch.set_num_threads(1)
+    cfg = load_config(config, ["training.device=cpu", "training.precision=float32", "training.compile=false",
+                               f"model.encoder.activation_checkpointing={str(checkpointing).lower()}"])
+    enc, d = cfg.model.encoder, cfg.data
+    encoder = XLSTMEncoder(cfg, "cpu").train()
+    heads_cls = FactorHeads if enc.layout == "factorwise" else MomentHeads
+    heads = heads_cls(enc.hidden_dim, d.num_factors, cfg.model.heads.cov_rank, 1e-6, d.prediction_horizon)
+    x = torch.randn(batch, d.lookback_days, d.num_factors, d.num_features)
+    params = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters())
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with FlopCounterMode(display=False) as counter:
+        mu, cov_factor, cov_diag = heads(encoder(x))
+        (mu.sum() + cov_factor.sum() + cov_diag.sum()).backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tokens = batch * d.num_factors * d.lookback_days // enc.patch_days if enc.layout == "factorwise" else \
+        batch * d.lookback_days
+    return {"flops": counter.get_total_flops(), "peak_increase_bytes": peak - base, "params": params,
+            "tokens": tokens, "batch": batch}
+
+
+def run(args) -> None:
+    from model.config import load_config
+
+    cfg = load_config(args.config, ["training.device=cpu"])
+    tr, d, enc = cfg.training, cfg.data, cfg.model.encoder
+    results = {}
+    for ckpt in (enc.activation_checkpointing, not enc.activation_checkpointing):
+        # A fresh process per measurement: ru_maxrss is a high-water mark.
+        out = subprocess.run([sys.executable, "-m", "benchmarks.model_cost", "--config", args.config,
+                              "--batch", str(args.batch), "--one", str(ckpt)],
+                             capture_output=True, text=True, check=True)
+        results[ckpt] = json.loads(out.stdout.strip().splitlines()[-1])
+    scale = tr.batch_size / args.batch
+    first = results[enc.activation_checkpointing]
+    flops_step = first["flops"] * scale
+    from data import prepare
+
+    steps = len(prepare(cfg).splits.train) // tr.batch_size  # one pass over the training windows
+    print(f"config {args.config}: layout {enc.layout}, patch {enc.patch_days} days, hidden {enc.hidden_dim}, "
+          f"{enc.num_layers} layers, {first['params'] / 1e6:.1f} M parameters (encoder + heads)")
+    print(f"tokens per step (batch {tr.batch_size}): {first['tokens'] * scale:,.0f}")
+    print(f"FLOPs per training step (fwd + bwd{', + recompute' if enc.activation_checkpointing else ''}): "
+          f"{flops_step / 1e12:.1f} TFLOP")
+    for ckpt, res in results.items():
+        act = res["peak_increase_bytes"] * scale / 2  # float32 measured -> bf16 activations
+        print(f"activation checkpointing {str(ckpt):5s}: peak +{res['peak_increase_bytes'] / 2**20:.0f} MiB at "
+              f"batch {args.batch} (float32, CPU) -> ~{act / 2**30:.1f} GiB at batch {tr.batch_size} in bf16")
+    epoch_s = flops_step * steps / (SUSTAINED_TFLOPS * 1e12)
+    print(f"epoch: ~{steps} steps x {flops_step / 1e12:.1f} TFLOP at {SUSTAINED_TFLOPS:.0f} TFLOP/s sustained "
+          f"-> ~{epoch_s:.0f} s per seed alone; five seeds sharing one GPU -> ~{5 * epoch_s:.0f} s per epoch "
+          "of the ensemble")
+
+
+def main(argv=None) -> int:
+    p = CliParser(prog="python -m benchmarks.model_cost", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="run config (YAML)")
+    p.add_argument("--batch", type=int, default=2, help="batch measured on CPU (default 2)")
+    p.add_argument("--one", default=None, help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(measure(args.config, args.batch, args.one == "True")))
+        return 0
+    return run_cli(lambda: run(args))
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Model-quality benchmark: train an ensemble through the real path, score it against references.
+
+  python -m benchmarks.quality --config configs/model_config_cpu_demo.yaml [--seeds 42 123]
+      [--storage runs/quality] [--out FILE.md] [--set KEY=VALUE ...]
+
+Trains (or finishes, or reuses a finished) ensemble with ``ray_jobs.ensemble`` on the embedded
+synthetic panel, then prints and writes (Markdown, ``--out``, default
+``STORAGE/NAME/quality.md``), for the val and the test split:
+
+* the annualised net Sharpe ratio, its standard error (Lo 2002) and the one-way turnover of the
+  oracle (true moments), the past-only linear probe, 1/N, minimum variance, sample mean-variance,
+  each seed, the seed mean +- standard deviation and the ensemble;
+* the return head's information coefficient (IC): the mean over rebalance dates of the rank
+  correlation of ``mu`` with the realised horizon returns, per seed, for the ensemble's mean mu
+  and for the probe;
+* health per seed: the median gradient norm (before clipping) of every epoch, the val Sharpe of
+  every epoch, and the train/val loss gap at the best epoch.
+
+Choose on val; the test columns are for the final report (docs/quality.md), not for tuning.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from data.scoring import sharpe_standard_error
+from model.config import load_config
+from model.errors import ConfigError
+from ray_jobs.cli import CliParser, run_cli
+
+SPLITS = ("val", "test")
+
+
+def mean_ic(mu: np.ndarray, r_horizon: np.ndarray) -> float:
+    """Mean over dates of the Spearman correlation of mu (K, N) with realised returns (K, N)."""
+    values = [spearmanr(m, r).statistic for m, r in zip(np.asarray(mu), np.asarray(r_horizon))]
+    return float(np.nanmean(values))
+
+
+def train(config: str, storage: Path, overrides: list[str]) -> Path:
+    """Run (or resume) the ensemble unless every seed already finished; returns the experiment."""
+    from ray_jobs import ensemble
+    from ray_jobs.demo import demo_cpus
+    from ray_jobs.ensemble_model import load_finished
+
+    cfg = load_config(config, overrides)
+    experiment = storage / cfg.ensemble.name
+    done = load_finished(experiment) if experiment.exists() else {}
+    if len(done) < len(cfg.ensemble.seeds):
+        args = ["--config", config, "--storage", str(storage), "--num-cpus", str(demo_cpus(len(cfg.ensemble.seeds)))]
+        args += [a for o in overrides for a in ("--set", o)]
+        if experiment.exists() and any(experiment.iterdir()):
+            args.append("--resume")
+        ensemble.run(ensemble.parse_args(args))
+    else:
+        print(f"{experiment}: every seed finished; scoring it again.")
+    return experiment
+
+
+def model_rows(inputs, split: str) -> tuple[dict, dict]:
+    """Scored policies and ICs of the members and the ensemble on a split's rebalances."""
+    from data import horizon_returns
+    from ray_jobs.backtest import chained_prev
+    from ray_jobs.evaluation import chain_solves, score_weights
+
+    ens, h = inputs.ensemble, inputs.horizon
+    idx = inputs.split_rebalances(split)
+    r_h = horizon_returns(inputs.panel.returns, h)[idx]  # (K, N)
+    x = inputs.windows(idx)  # (K, L, N, F)
+    moments = ens.member_moments(x)
+    rows, ics = {}, {}
+    for seed, (mu, cov_factor, cov_diag) in moments.items():
+        w, _ = chain_solves(ens.layer(cov_factor.shape[-1]), mu, cov_factor, cov_diag, ens.cfg.portfolio.tc_rate)
+        rows[f"seed {seed}"] = score_weights(idx, w.cpu().numpy(), chained_prev(w.cpu().numpy()), r_h,
+                                             ens.cfg.portfolio.tc_rate, h)
+        ics[f"seed {seed}"] = mean_ic(mu.cpu().numpy(), r_h)
+    mu, cov_factor, cov_diag = ens.combine(moments)
+    w, _ = chain_solves(ens.layer(cov_factor.shape[-1]), mu, cov_factor, cov_diag, ens.cfg.portfolio.tc_rate)
+    rows["ensemble"] = score_weights(idx, w.cpu().numpy(), chained_prev(w.cpu().numpy()), r_h,
+                                     ens.cfg.portfolio.tc_rate, h)
+    ics["ensemble"] = mean_ic(mu.cpu().numpy(), r_h)
+    return rows, ics
+
+
+def baseline_rows(inputs, split: str) -> dict:
+    """Minimum variance and sample mean-variance (ray_jobs.backtest's baselines) on a split."""
+    from data import horizon_returns
+    from ray_jobs.backtest import baseline_weights, chained_prev
+    from ray_jobs.evaluation import score_weights
+
+    cfg, h = inputs.ensemble.cfg, inputs.horizon
+    idx = inputs.split_rebalances(split)
+    returns = inputs.panel.returns
+    r_h = horizon_returns(returns, h)[idx]
+    out = {}
+    for name, use_mean in (("min variance", False), ("sample mean-variance", True)):
+        w = baseline_weights(returns, idx, h, cfg.portfolio, use_mean=use_mean)
+        out[name] = score_weights(idx, w, chained_prev(w), r_h, cfg.portfolio.tc_rate, h)
+    return out
+
+
+def reference_rows(cfg) -> tuple[dict, dict]:
+    """Oracle / probe / 1/N Sharpe per split (data.oracle) and the probe's IC per split."""
+    from data.oracle import policy_table, probe_ic
+
+    table = policy_table(cfg, splits=SPLITS)
+    return table, probe_ic(cfg)
+
+
+def health(experiment: Path) -> dict[int, dict]:
+    """Per seed: median gradient norm and val Sharpe per epoch, loss gap at the best epoch."""
+    from ray_jobs.ensemble import SEEDS_DIR
+    from ray_jobs.seed_loop import read_history
+
+    out = {}
+    for run_dir in sorted((experiment / SEEDS_DIR).glob("seed_*")):
+        rows = read_history(run_dir)
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: r["val_sharpe"])
+        out[int(run_dir.name.split("_", 1)[1])] = {
+            "grad": [r.get("gradient_norm_median", r["gradient_norm"]) for r in rows],
+            "val_sharpe": [r["val_sharpe"] for r in rows],
+            "best_epoch": best["epoch"],
+            "loss_gap": best["val_loss"] - best["loss"],
+        }
+    return out
+
+
+def _fmt_row(name: str, cells: list[str]) -> str:
+    return "| " + " | ".join([name, *cells]) + " |"
+
+
+def sharpe_table(scores: dict[str, dict]) -> list[str]:
+    """Markdown rows: policy | val Sharpe +- SE | val turnover | test Sharpe +- SE | test turnover.
+
+    ``scores[split][policy] = (sharpe, se, turnover)``.
+    """
+    lines = ["| policy | " + " | ".join(f"{s} Sharpe ± SE | {s} turnover" for s in SPLITS) + " |",
+             "|---|" + "---:|" * (2 * len(SPLITS))]
+    names = list(scores[SPLITS[0]])
+    for name in names:
+        cells = []
+        for split in SPLITS:
+            sharpe, se, turn = scores[split][name]
+            cells += [f"{sharpe:+.2f} ± {se:.2f}" if se == se else f"{sharpe:+.2f}",
+                      "" if turn != turn else f"{turn:.3f}"]
+        lines.append(_fmt_row(f"**{name}**" if name == "ensemble" else name, cells))
+    return lines
+
+
+def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
+    """Sharpe (sharpe, se, turnover) and IC per split and policy, and the health figures."""
+    from ray_jobs.inference import EnsembleInputs
+
+    inputs = EnsembleInputs.load(experiment, None, "cpu")
+    table, probe_ics = reference_rows(inputs.ensemble.cfg)
+    label = {"oracle": "oracle", "probe": "probe", "equal": "1/N"}
+    scores, ics = {}, {}
+    for split in SPLITS:
+        row = {}
+        for key in ("oracle", "probe", "equal"):
+            if key in table[split]:
+                res = table[split][key]
+                row[label[key]] = (res.sharpe, sharpe_standard_error_of(res.sharpe, res.n_rebalances, cfg),
+                                   res.turnover)
+        for name, res in baseline_rows(inputs, split).items():
+            row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
+        members, split_ics = model_rows(inputs, split)
+        seed_sharpes = [res.sharpe for name, res in members.items() if name.startswith("seed")]
+        for name, res in members.items():
+            if name == "ensemble":
+                row["seed mean ± sd"] = (float(np.mean(seed_sharpes)), float(np.std(seed_sharpes, ddof=1))
+                                         if len(seed_sharpes) > 1 else float("nan"), float("nan"))
+            row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
+        scores[split] = row
+        split_ics["probe"] = probe_ics[split]
+        ics[split] = split_ics
+    return scores, ics, health(experiment)
+
+
+def sharpe_standard_error_of(sharpe: float, n: int, cfg) -> float:
+    """Lo (2002) iid standard error from an annualised Sharpe and n periods (as sharpe_standard_error)."""
+    periods = 252 / cfg.data.prediction_horizon
+    s = sharpe / np.sqrt(periods)
+    return float(np.sqrt((1 + 0.5 * s**2) / n) * np.sqrt(periods))
+
+
+def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness: dict, minutes: float) -> str:
+    """The benchmark's Markdown (also printed)."""
+    lines = [f"# Quality benchmark: `{Path(config).name}`", "",
+             f"Experiment `{experiment}`; seeds {list(cfg.ensemble.seeds)}; synthetic panel; "
+             f"{platform.machine()} / {torch.get_num_threads()} torch threads; wall time {minutes:.1f} min "
+             "(training included unless it had finished before).", "",
+             "## Net Sharpe ratio (annualised, after costs; SE: Lo 2002, iid)", "", *sharpe_table(scores), "",
+             "The seed-mean row's ± is the standard deviation over seeds, not a standard error.", "",
+             "## Return-head information coefficient (mean over rebalance dates of rank corr(mu, realised))", "",
+             "| model | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
+    for name in ics[SPLITS[0]]:
+        lines.append(_fmt_row(name, [f"{ics[s][name]:+.4f}" for s in SPLITS]))
+    lines += ["", "## Health per seed", "",
+              "| seed | median gradient norm per epoch (before clipping) | val Sharpe per epoch | best epoch | "
+              "val loss - train loss at best |", "|---|---|---|---:|---:|"]
+    for seed, h in fitness.items():
+        lines.append(_fmt_row(str(seed), [" ".join(f"{g:.2f}" for g in h["grad"]),
+                                          " ".join(f"{v:+.2f}" for v in h["val_sharpe"]),
+                                          str(h["best_epoch"]), f"{h['loss_gap']:+.3f}"]))
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> Path:
+    start = time.perf_counter()
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append("ensemble.seeds=[" + ",".join(str(s) for s in args.seeds) + "]")
+    cfg = load_config(args.config, overrides)
+    if cfg.data.panel_path is not None:
+        raise ConfigError(
+            f"data.panel_path = {cfg.data.panel_path!r}: the quality benchmark needs the embedded synthetic panel "
+            "(its oracle knows the truth); set data.panel_path: null, or use python -m ray_jobs.backtest."
+        )
+    storage = Path(args.storage).resolve()
+    experiment = train(args.config, storage, overrides)
+    scores, ics, fitness = collect(experiment, cfg)
+    text = report(args.config, experiment, cfg, scores, ics, fitness, (time.perf_counter() - start) / 60)
+    out = Path(args.out) if args.out else experiment / "quality.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written: {out}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = CliParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="run config (YAML); the synthetic panel is used")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the config's)")
+    p.add_argument("--storage", default="runs/quality", help="experiment storage root (default runs/quality)")
+    p.add_argument("--out", default=None, help="Markdown output (default STORAGE/NAME/quality.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

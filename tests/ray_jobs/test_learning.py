@@ -1,0 +1,87 @@
+"""Model quality that is cheap to pin: the loss scaling's gradient magnitudes, and a short run whose
+return head learns the planted signal (rank IC on training dates above zero).
+
+The quality numbers themselves come from ``python -m benchmarks.quality`` (docs/quality.md), not
+from tests.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from data import prepare
+from data.splits import rebalance_indices
+from model.config import load_config
+from model.losses import compute_losses
+from model.network import XLSTMPortfolio
+from ray_jobs.steps import equal_weights, gradient_scales, make_optimizer, predict_moments, training_step
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "model_config_cpu_smoke.yaml"
+TERMS = ("loss_return", "loss_cov", "loss_sharpe")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(SMOKE)
+    prep = prepare(cfg)
+    return cfg, prep, prep.window_source("cpu")
+
+
+def term_gradient_norms(cfg, model, source, idx, scales=None) -> dict[str, float]:
+    """Gradient norm of each (scaled) loss term on the decisions ``idx``, in train mode."""
+    x, r_daily, r_horizon = source.gather(torch.as_tensor(idx))
+    w_prev = equal_weights(len(idx), cfg.data.num_factors, torch.device("cpu"))
+    out = model(x, w_prev)
+    terms = compute_losses(out.mu, out.cov_factor, out.cov_diag, out.weights, w_prev, r_horizon, r_daily,
+                           cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon)
+    params = [p for p in model.parameters() if p.requires_grad]
+    norms = {}
+    for i, key in enumerate(TERMS):
+        grads = torch.autograd.grad(terms[key], params, retain_graph=i < len(TERMS) - 1, allow_unused=True)
+        scale = 1.0 if scales is None else scales[key]
+        norms[key] = scale * float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+    return norms
+
+
+def test_gradient_scaling_brings_every_term_to_order_one(setup):
+    cfg, prep, source = setup
+    torch.manual_seed(0)
+    model = XLSTMPortfolio(cfg)
+    scales = gradient_scales(cfg, model, source, prep.splits.train, seed=0)
+    # Unscaled, the Sharpe term's gradient dwarfs the return MSE's (it reaches the weights through
+    # Sigma^-1); that is what the scaling is for.
+    held_out = np.random.default_rng(99).choice(prep.splits.train, cfg.training.batch_size, replace=False)
+    raw = term_gradient_norms(cfg, model, source, held_out)
+    assert raw["loss_sharpe"] > 30 * raw["loss_return"], raw
+    # Scaled, on batches the calibration never saw, every term's gradient is O(1).
+    scaled = term_gradient_norms(cfg, model, source, held_out, scales)
+    for key, value in scaled.items():
+        assert 0.2 < value < 5.0, (key, value, scales)
+
+
+def test_a_short_run_learns_a_positive_return_ic_on_train(setup):
+    cfg, prep, source = setup
+    torch.manual_seed(1)
+    model = XLSTMPortfolio(cfg)
+    optimizer, _ = make_optimizer(model, cfg)
+    scales = gradient_scales(cfg, model, source, prep.splits.train, seed=1)
+    rng = np.random.default_rng(1)
+    dates = rebalance_indices(prep.splits.train, cfg.data.prediction_horizon)
+
+    def train_ic() -> float:
+        mu, _, _ = predict_moments(cfg, model, source, dates)
+        r = source.horizon_returns[torch.as_tensor(np.array(dates))].numpy()
+        return float(np.mean([spearmanr(m, y).statistic for m, y in zip(mu.numpy(), r)]))
+
+    before = train_ic()
+    model.train()
+    for step in range(1, 41):
+        idx = torch.as_tensor(rng.choice(prep.splits.train, cfg.training.batch_size, replace=False))
+        x, r_daily, r_horizon = source.gather(idx)
+        training_step(cfg, model, optimizer, x, r_daily, r_horizon, 1, step, Path("unused"), scales)
+    after = train_ic()
+    print(f"train IC before {before:+.4f}, after {after:+.4f}")
+    assert after > 0.01 and after > before, (before, after)
