@@ -8,11 +8,13 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test demo clean help
+.PHONY: install test demo sp500 quality clean help
 
 help:
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make demo   - set up .venv and run the 5-seed CPU ensemble demo (about 4-6 min on 2 cores)"
+	@echo "make sp500  - real-data check: S&P 500 panel from skfolio's bundled prices, 5-seed ensemble, backtest"
+	@echo "make quality - quality benchmark of the demo config (docs/quality.md)"
 	@echo "make clean  - remove .venv and demo outputs"
 
 $(PY):
@@ -36,6 +38,16 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m ray_jobs.demo --output $(DEMO_OUT)
+
+SP500_PANEL := runs/sp500/sp500_panel.parquet
+sp500: $(STAMP)
+	@test -f $(SP500_PANEL) || $(PY) -m data.sp500 --out $(SP500_PANEL)
+	$(PY) -m ray_jobs.ensemble --config configs/model_config_cpu_sp500.yaml --num-cpus 10 \
+		$$(test -d runs/sp500/xlstm_cpu_sp500 && echo --resume)
+	$(PY) -m ray_jobs.backtest --experiment runs/sp500/xlstm_cpu_sp500 --out runs/sp500/xlstm_cpu_sp500/report
+
+quality: $(STAMP)
+	$(PY) -m benchmarks.quality --config configs/model_config_cpu_demo.yaml --storage runs/quality
 
 clean:
 	rm -rf $(VENV) runs/demo

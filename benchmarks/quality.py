@@ -68,7 +68,7 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
     """Scored policies and ICs of the members and the ensemble on a split's rebalances."""
     from data import horizon_returns
     from ray_jobs.backtest import chained_prev
-    from ray_jobs.evaluation import chain_solves, score_weights
+    from ray_jobs.evaluation import score_weights
 
     ens, h = inputs.ensemble, inputs.horizon
     idx = inputs.split_rebalances(split)
@@ -76,16 +76,16 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
     x = inputs.windows(idx)  # (K, L, N, F)
     moments = ens.member_moments(x)
     rows, ics = {}, {}
-    for seed, (mu, cov_factor, cov_diag) in moments.items():
-        w, _ = chain_solves(ens.layer(cov_factor.shape[-1]), mu, cov_factor, cov_diag, ens.cfg.portfolio.tc_rate)
+    for seed, w in ens.member_weights(x).items():
         rows[f"seed {seed}"] = score_weights(idx, w.cpu().numpy(), chained_prev(w.cpu().numpy()), r_h,
                                              ens.cfg.portfolio.tc_rate, h)
-        ics[f"seed {seed}"] = mean_ic(mu.cpu().numpy(), r_h)
-    mu, cov_factor, cov_diag = ens.combine(moments)
-    w, _ = chain_solves(ens.layer(cov_factor.shape[-1]), mu, cov_factor, cov_diag, ens.cfg.portfolio.tc_rate)
-    rows["ensemble"] = score_weights(idx, w.cpu().numpy(), chained_prev(w.cpu().numpy()), r_h,
-                                     ens.cfg.portfolio.tc_rate, h)
-    ics["ensemble"] = mean_ic(mu.cpu().numpy(), r_h)
+        ics[f"seed {seed}"] = mean_ic(moments[seed][0].cpu().numpy(), r_h)
+    tc = ens.cfg.portfolio.tc_rate
+    for rule in ("weights", "moments"):
+        w = ens.weights(x, rule=rule).cpu().numpy()
+        name = "ensemble" if rule == ens.cfg.ensemble.combine else f"ensemble, mean of {rule}"
+        rows[name] = score_weights(idx, w, chained_prev(w), r_h, tc, h)
+    ics["ensemble (mean mu)"] = mean_ic(ens.combine(moments)[0].cpu().numpy(), r_h)
     return rows, ics
 
 
@@ -138,7 +138,7 @@ def _fmt_row(name: str, cells: list[str]) -> str:
     return "| " + " | ".join([name, *cells]) + " |"
 
 
-def sharpe_table(scores: dict[str, dict]) -> list[str]:
+def sharpe_table(scores: dict[str, dict], combine: str) -> list[str]:
     """Markdown rows: policy | val Sharpe +- SE | val turnover | test Sharpe +- SE | test turnover.
 
     ``scores[split][policy] = (sharpe, se, turnover)``.
@@ -152,7 +152,7 @@ def sharpe_table(scores: dict[str, dict]) -> list[str]:
             sharpe, se, turn = scores[split][name]
             cells += [f"{sharpe:+.2f} ± {se:.2f}" if se == se else f"{sharpe:+.2f}",
                       "" if turn != turn else f"{turn:.3f}"]
-        lines.append(_fmt_row(f"**{name}**" if name == "ensemble" else name, cells))
+        lines.append(_fmt_row(f"**{name}** ({combine})" if name == "ensemble" else name, cells))
     return lines
 
 
@@ -176,7 +176,7 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
         members, split_ics = model_rows(inputs, split)
         seed_sharpes = [res.sharpe for name, res in members.items() if name.startswith("seed")]
         for name, res in members.items():
-            if name == "ensemble":
+            if not name.startswith("seed") and "seed mean ± sd" not in row:
                 row["seed mean ± sd"] = (float(np.mean(seed_sharpes)), float(np.std(seed_sharpes, ddof=1))
                                          if len(seed_sharpes) > 1 else float("nan"), float("nan"))
             row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
@@ -199,7 +199,7 @@ def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness:
              f"Experiment `{experiment}`; seeds {list(cfg.ensemble.seeds)}; synthetic panel; "
              f"{platform.machine()} / {torch.get_num_threads()} torch threads; wall time {minutes:.1f} min "
              "(training included unless it had finished before).", "",
-             "## Net Sharpe ratio (annualised, after costs; SE: Lo 2002, iid)", "", *sharpe_table(scores), "",
+             "## Net Sharpe ratio (annualised, after costs; SE: Lo 2002, iid)", "", *sharpe_table(scores, f"mean of {cfg.ensemble.combine}, the config's rule"), "",
              "The seed-mean row's ± is the standard deviation over seeds, not a standard error.", "",
              "## Return-head information coefficient (mean over rebalance dates of rank corr(mu, realised))", "",
              "| model | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
@@ -212,7 +212,28 @@ def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness:
         lines.append(_fmt_row(str(seed), [" ".join(f"{g:.2f}" for g in h["grad"]),
                                           " ".join(f"{v:+.2f}" for v in h["val_sharpe"]),
                                           str(h["best_epoch"]), f"{h['loss_gap']:+.3f}"]))
+    lines += ["", "## Targets (issue 12)", "", *targets(scores, ics, fitness)]
     return "\n".join(lines) + "\n"
+
+
+def targets(scores: dict, ics: dict, fitness: dict) -> list[str]:
+    """One line per target of the demo config, met or not."""
+    out = []
+
+    def line(ok: bool, text: str) -> None:
+        out.append(f"- {'met' if ok else 'NOT met'}: {text}")
+
+    for split in SPLITS:
+        row = scores[split]
+        ens, probe, equal = row["ensemble"][0], row["probe"][0], row["1/N"][0]
+        line(ens >= probe, f"{split}: ensemble Sharpe {ens:+.2f} >= probe {probe:+.2f}")
+        mean = row["seed mean ± sd"][0]
+        line(mean >= equal + 0.3, f"{split}: seed mean {mean:+.2f} >= 1/N + 0.3 = {equal + 0.3:+.2f}")
+        ic, probe_ic = ics[split]["ensemble (mean mu)"], ics[split]["probe"]
+        line(ic > probe_ic, f"{split}: return-head IC {ic:+.4f} > probe's {probe_ic:+.4f}")
+    worst = max((max(h["grad"][1:]) for h in fitness.values() if len(h["grad"]) > 1), default=float("nan"))
+    line(worst < 10, f"median gradient norm before clipping from epoch 2 on: at most {worst:.2f} (< 10)")
+    return out
 
 
 def run(args) -> Path:

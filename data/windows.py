@@ -15,6 +15,7 @@ normalised panel on a device once and gathers batches of windows with index arit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,6 +166,14 @@ class PreparedData:
     def window_source(self, device="cpu") -> WindowSource:
         d = self.data_cfg
         return WindowSource(self.panel, self.normalizer, d.lookback_days, d.prediction_horizon, device)
+
+
+def absolute_panel_path(data_cfg: DataConfig, panel_path: str | None = None) -> str | None:
+    """``panel_path`` or ``data_cfg.panel_path`` made absolute from the current directory (None for
+    the synthetic panel): Ray Tune runs each trial in its own directory, where a relative path would
+    name another (missing) file."""
+    path = panel_path if panel_path is not None else data_cfg.panel_path
+    return None if path is None else str(Path(path).resolve())
 
 
 def load_panel(data_cfg: DataConfig, panel_path: str | None = None) -> Panel:

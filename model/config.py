@@ -183,6 +183,10 @@ class EnsembleConfig:
     """Seeds run at once; 0 = as resources allow."""
     max_failures: int = 2
     """Retries of a failed seed from its last checkpoint."""
+    combine: Literal["weights", "moments"] = "weights"
+    """How the members become one portfolio: weights = the mean of the members' own (chained)
+    portfolio weights; moments = one solve on the members' mean mu and mean Sigma.  Chosen on the
+    val split (docs/quality.md)."""
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,9 @@ def run(args) -> Path:
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)
     from data import prepare
+    from data.windows import absolute_panel_path
 
-    panel_path = args.data or cfg.data.panel_path
+    panel_path = absolute_panel_path(cfg.data, args.data)
     prepared = prepare(cfg, panel_path)  # validates the panel before any seed starts
     print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
           f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")

@@ -1,10 +1,16 @@
 """Load an ensemble's best checkpoints and turn its members into one portfolio.
 
-Combination rule (documented in docs/ensemble.md): the members' expected returns are averaged,
-and so are their covariances.  The average of ``Sigma_m = B_m B_m^T + diag(d_m)`` over M members
-is again a factor model: ``B = [B_1, ..., B_M] / sqrt(M)`` (rank M*k) and ``d = mean(d_m)``.  One
-portfolio solve on (mean mu, mean Sigma) gives the ensemble's weights, under the same constraints
-and transaction cost as training.
+Combination rules (``ensemble.combine``, documented in docs/ensemble.md):
+
+* ``weights`` (default): each member solves its own portfolio (chained from its own previous
+  weights); the ensemble holds their mean.  The constraint sets are convex, so the mean is feasible.
+* ``moments``: the members' expected returns are averaged, and so are their covariances.  The
+  average of ``Sigma_m = B_m B_m^T + diag(d_m)`` over M members is again a factor model:
+  ``B = [B_1, ..., B_M] / sqrt(M)`` (rank M*k) and ``d = mean(d_m)``.  One portfolio solve on
+  (mean mu, mean Sigma) gives the ensemble's weights, under the same constraints and cost.
+
+Measured on the val split, the mean of weights kept the members' tilts, where the mean of moments
+shrank mu towards 0 and held nearly the minimum-variance portfolio (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 
 from model.checkpoint import load_model
 from model.config import Config
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ConfigError
 from model.network import solve_device
 from model.portfolio import PortfolioLayer
 from ray_jobs.ensemble import SEEDS_DIR
@@ -95,8 +101,16 @@ class Ensemble:
         return getattr(self, key)
 
     @torch.no_grad()
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Chained rebalances over the decision windows x (K, L, N, F), in time order -> (K, N)."""
+    def weights(self, x: torch.Tensor, rule: str | None = None) -> torch.Tensor:
+        """Chained rebalances over the decision windows x (K, L, N, F), in time order -> (K, N).
+
+        ``rule``: "weights" or "moments" (see the module docstring); None = ``ensemble.combine``.
+        """
+        rule = rule or self.cfg.ensemble.combine
+        if rule == "weights":
+            return torch.stack(list(self.member_weights(x).values())).mean(0)  # (K, N)
+        if rule != "moments":
+            raise ConfigError(f"ensemble.combine = {rule!r} is unknown; use 'weights' or 'moments'.")
         mu, cov_factor, cov_diag = self.combine(self.member_moments(x))
         layer = self.layer(cov_factor.shape[-1])
         weights, _ = chain_solves(layer, mu, cov_factor, cov_diag, self.cfg.portfolio.tc_rate)

@@ -152,8 +152,10 @@ def train_one_seed(cfg: Config, seed: int, output: Path, panel_path: Optional[st
     workers stopped with (SolverError, TrainingError, CheckpointError), else TrainingError.
     """
     from data import prepare
+    from data.windows import absolute_panel_path
     from ray_jobs.ray_cluster import ray_session
 
+    panel_path = absolute_panel_path(cfg.data, panel_path)
     output = Path(output).resolve()
     run_dir = output / seed_run_name(seed)
     refuse_finished(run_dir)

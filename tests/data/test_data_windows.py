@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,3 +142,16 @@ def test_split_tensors_feed_gather(panel_file):
     assert idx.dtype == torch.long and idx.tolist() == prep.splits.val.tolist()
     x, _, _ = prep.window_source().gather(idx)
     assert x.shape[0] == len(prep.splits.val)
+
+
+def test_panel_paths_are_made_absolute_for_the_workers(panel_file, tmp_path, monkeypatch):
+    """Tune runs trials in their own folders: a relative panel path must reach them absolute."""
+    from data.windows import absolute_panel_path
+
+    cfg = small_cfg()
+    monkeypatch.chdir(tmp_path)
+    assert absolute_panel_path(cfg.data) is None  # the synthetic panel
+    assert absolute_panel_path(cfg.data, "p.parquet") == str(tmp_path / "p.parquet")
+    relative = os.path.relpath(panel_file, tmp_path)
+    resolved = absolute_panel_path(cfg.data, relative)
+    assert Path(resolved).is_absolute() and Path(resolved).samefile(panel_file)

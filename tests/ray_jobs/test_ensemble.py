@@ -76,7 +76,7 @@ def test_ensemble_weights_follow_the_combination_rule(experiment):
     assert ens.seeds == SEEDS
     idx = inputs.split_rebalances("test")[:3]
     x = inputs.windows(idx)
-    weights = ens.weights(x).numpy()
+    weights = ens.weights(x, rule="moments").numpy()
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-8)
     assert (weights >= -1e-8).all() and (weights <= ens.cfg.portfolio.max_weight + 1e-8).all()
     moments = ens.member_moments(x)
@@ -88,6 +88,33 @@ def test_ensemble_weights_follow_the_combination_rule(experiment):
         ref = solve_full_cov(mu, sigma, prev, ens.cfg.portfolio)
         np.testing.assert_allclose(weights[i], ref, atol=1e-5)
         prev = weights[i]
+
+
+def test_default_ensemble_holds_the_mean_of_the_members_portfolios(experiment):
+    """ensemble.combine = weights: the mean of each member's own chained solves, each checked
+    against cvxpy on that member's own mu and Sigma; the mean stays feasible."""
+    from model.portfolio import solve_full_cov
+    from ray_jobs.inference import EnsembleInputs
+
+    inputs = EnsembleInputs.load(experiment, None, "cpu")
+    ens = inputs.ensemble
+    assert ens.cfg.ensemble.combine == "weights"
+    idx = inputs.split_rebalances("test")[:3]
+    x = inputs.windows(idx)
+    weights = ens.weights(x).numpy()  # (3, N)
+    n, pf = ens.cfg.data.num_factors, ens.cfg.portfolio
+    members = []
+    for mu, cov_factor, cov_diag in ens.member_moments(x).values():
+        prev, rows = np.full(n, 1.0 / n), []
+        for i in range(len(idx)):
+            sigma = (cov_factor[i] @ cov_factor[i].T + torch.diag(cov_diag[i])).numpy()
+            prev = solve_full_cov(mu[i].numpy(), sigma, prev, pf)
+            rows.append(prev)
+        members.append(np.stack(rows))
+    np.testing.assert_allclose(weights, np.mean(members, axis=0), atol=1e-5)
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-8)
+    assert (weights >= -1e-8).all() and (weights <= pf.max_weight + 1e-8).all()
+    assert not np.allclose(weights, ens.weights(x, rule="moments").numpy(), atol=1e-4)  # the rules differ
 
 
 def test_predict_writes_weights_that_sum_to_one(experiment, tmp_path):
