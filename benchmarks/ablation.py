@@ -1,0 +1,95 @@
+"""One seed, in process, for ablations: the real model, training step and validation, no Ray.
+
+  python -m benchmarks.ablation --config configs/model_config_cpu_demo.yaml --seed 42 \
+      [--set model.encoder.layout=panel --set training.loss_scaling=none ...]
+
+Trains ``training.max_epochs`` epochs of ``training.steps_per_epoch`` steps (shuffled training
+windows, as the Ray loop draws them) with ``ray_jobs.steps.training_step`` and prints one JSON line
+per epoch: the median gradient norm before clipping, the mean training loss terms and batch
+Sharpe, and on the **val split only** the net Sharpe, turnover, loss and the return head's rank
+IC.  The test split is never touched: choices are made on val (docs/quality.md).  Single-threaded
+and Ray-free, so two ablations run side by side on a 2-core machine (~3 min each for the demo
+config); the quality benchmark (``benchmarks.quality``) is the real path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import load_config
+from ray_jobs.cli import CliParser, run_cli
+
+
+def val_ic(cfg, model, source, split: np.ndarray) -> float:
+    """Mean over val rebalance dates of the rank correlation of mu with the realised returns."""
+    from benchmarks.quality import mean_ic
+    from data.splits import rebalance_indices
+    from ray_jobs.steps import predict_moments
+
+    idx = rebalance_indices(split, cfg.data.prediction_horizon)
+    mu, _, _ = predict_moments(cfg, model, source, idx)
+    return mean_ic(mu.numpy(), source.horizon_returns[torch.as_tensor(np.array(idx))].numpy())
+
+
+def run(args) -> list[dict]:
+    from data import prepare
+    from model.network import XLSTMPortfolio
+    from ray_jobs.seed_loop import seed_everything
+    from ray_jobs.steps import gradient_scales, make_optimizer, training_step, validate
+
+    torch.set_num_threads(1)
+    cfg = load_config(args.config, [*args.overrides, "training.device=cpu"])
+    tr = cfg.training
+    prep = prepare(cfg)
+    source = prep.window_source("cpu")
+    seed_everything(args.seed)
+    model = XLSTMPortfolio(cfg, "cpu")
+    optimizer, scheduler = make_optimizer(model, cfg)
+    train = prep.splits.train
+    scales = gradient_scales(cfg, model, source, train, seed=args.seed) if tr.loss_scaling == "gradient" else None
+    steps = tr.steps_per_epoch or len(train) // tr.batch_size
+    rng, rows = np.random.default_rng(args.seed), []
+    for epoch in range(1, tr.max_epochs + 1):
+        torch.manual_seed(args.seed * 100_003 + epoch)
+        model.train()
+        order, start, norms, terms = rng.permutation(train), time.perf_counter(), [], []
+        for step in range(steps):
+            idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])
+            x, r_daily, r_horizon = source.gather(idx)
+            t, norm = training_step(cfg, model, optimizer, x, r_daily, r_horizon, epoch, step + 1,
+                                    Path("ablation"), scales)
+            norms.append(norm)
+            terms.append(t)
+        scheduler.step()
+        val = validate(cfg, model, source, prep.splits.val, scales=scales)
+        row = {"epoch": epoch, "grad_median": float(np.median(norms)),
+               "loss_return": float(np.mean([t["loss_return"] for t in terms])),
+               "loss_cov": float(np.mean([t["loss_cov"] for t in terms])),
+               "train_batch_sharpe": -float(np.mean([t["loss_sharpe"] for t in terms])),
+               "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
+               "val_loss": val["val_loss"], "val_ic": val_ic(cfg, model, source, prep.splits.val),
+               "seconds": time.perf_counter() - start}
+        rows.append(row)
+        print(json.dumps({"tag": args.tag, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}),
+              flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = CliParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="run config (YAML); the synthetic panel unless data.panel_path")
+    p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
+    p.add_argument("--tag", default="", help="label printed on every line")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
