@@ -34,6 +34,7 @@ from data.scoring import sharpe_standard_error
 from model.config import load_config
 from model.errors import ConfigError
 from ray_jobs.cli import CliParser, run_cli
+from ray_jobs.demo import train_or_finish
 
 SPLITS = ("val", "test")
 
@@ -42,26 +43,6 @@ def mean_ic(mu: np.ndarray, r_horizon: np.ndarray) -> float:
     """Mean over dates of the Spearman correlation of mu (K, N) with realised returns (K, N)."""
     values = [spearmanr(m, r).statistic for m, r in zip(np.asarray(mu), np.asarray(r_horizon))]
     return float(np.nanmean(values))
-
-
-def train(config: str, storage: Path, overrides: list[str]) -> Path:
-    """Run (or resume) the ensemble unless every seed already finished; returns the experiment."""
-    from ray_jobs import ensemble
-    from ray_jobs.demo import demo_cpus
-    from ray_jobs.ensemble_model import load_finished
-
-    cfg = load_config(config, overrides)
-    experiment = storage / cfg.ensemble.name
-    done = load_finished(experiment) if experiment.exists() else {}
-    if len(done) < len(cfg.ensemble.seeds):
-        args = ["--config", config, "--storage", str(storage), "--num-cpus", str(demo_cpus(len(cfg.ensemble.seeds)))]
-        args += [a for o in overrides for a in ("--set", o)]
-        if experiment.exists() and any(experiment.iterdir()):
-            args.append("--resume")
-        ensemble.run(ensemble.parse_args(args))
-    else:
-        print(f"{experiment}: every seed finished; scoring it again.")
-    return experiment
 
 
 def model_rows(inputs, split: str) -> tuple[dict, dict]:
@@ -248,7 +229,7 @@ def run(args) -> Path:
             "(its oracle knows the truth); set data.panel_path: null, or use python -m ray_jobs.backtest."
         )
     storage = Path(args.storage).resolve()
-    experiment = train(args.config, storage, overrides)
+    experiment = train_or_finish(args.config, storage, overrides)
     scores, ics, fitness = collect(experiment, cfg)
     text = report(args.config, experiment, cfg, scores, ics, fitness, (time.perf_counter() - start) / 60)
     out = Path(args.out) if args.out else experiment / "quality.md"

@@ -73,6 +73,9 @@ class MomentHeads(nn.Module):
         Prediction horizon in days; sets the output scales (see module docstring).
     """
 
+    shared_by_factors = False
+    """False: one summary (B, H) gives all N factors' outputs (the panel layout)."""
+
     def __init__(self, hidden_dim: int, n_assets: int, cov_rank: int, min_variance: float, horizon: int):
         super().__init__()
         if min_variance <= 0:
@@ -82,9 +85,10 @@ class MomentHeads(nn.Module):
         self.mu_scale = 0.1 * vol_h  # expected returns are a small fraction of the volatility
         self.factor_scale = vol_h / math.sqrt(cov_rank)  # k loadings share the factor variance
         self.variance_scale = vol_h**2
-        self.mu_head = nn.Linear(hidden_dim, n_assets)
-        self.factor_head = nn.Linear(hidden_dim, n_assets * cov_rank)
-        self.variance_head = nn.Linear(hidden_dim, n_assets)
+        outputs = 1 if self.shared_by_factors else n_assets  # per summary vector
+        self.mu_head = nn.Linear(hidden_dim, outputs)
+        self.factor_head = nn.Linear(hidden_dim, outputs * cov_rank)
+        self.variance_head = nn.Linear(hidden_dim, outputs)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moments of the next horizon's simple returns.
@@ -115,7 +119,7 @@ class MomentHeads(nn.Module):
         return mu, cov_factor, cov_diag
 
 
-class FactorHeads(nn.Module):
+class FactorHeads(MomentHeads):
     """Per-factor moments from per-factor summaries, with one set of weights shared by all factors.
 
     Same outputs, units and scales as :class:`MomentHeads`; factor i's mean, loadings (its row of
@@ -125,18 +129,7 @@ class FactorHeads(nn.Module):
     Parameters: as :class:`MomentHeads`.
     """
 
-    def __init__(self, hidden_dim: int, n_assets: int, cov_rank: int, min_variance: float, horizon: int):
-        super().__init__()
-        if min_variance <= 0:
-            raise ValueError(f"min_variance must be > 0 so Sigma is positive definite (got {min_variance}).")
-        self.n_assets, self.cov_rank, self.min_variance = n_assets, cov_rank, float(min_variance)
-        vol_h = horizon_vol(horizon)
-        self.mu_scale = 0.1 * vol_h
-        self.factor_scale = vol_h / math.sqrt(cov_rank)
-        self.variance_scale = vol_h**2
-        self.mu_head = nn.Linear(hidden_dim, 1)
-        self.factor_head = nn.Linear(hidden_dim, cov_rank)
-        self.variance_head = nn.Linear(hidden_dim, 1)
+    shared_by_factors = True
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h (B, N, H) -> mu (B, N), cov_factor (B, N, k), cov_diag (B, N), all float32."""

@@ -17,38 +17,46 @@ from ray_jobs.cli import CliParser, run_cli
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model_config_cpu_demo.yaml"
 
 
-def demo_cpus(n_seeds: int) -> int:
-    """Logical CPUs of the demo's local cluster: enough to run every seed at once.
+def demo_cpus() -> int:
+    """Logical CPUs of the demo's local cluster: two per core, so one seed trains per core.
 
     A seed holds 1 logical CPU for its Tune trial function (idle while its TorchTrainer runs) plus
     1 for its single-threaded training worker.  With one logical CPU per core, a 2-core machine
-    would train one seed at a time (one core idle); with two per core, seeds would run in rounds of
-    two and the last round alone.  All seeds at once, time-sliced over the cores, finish the
-    same work soonest (measured: docs/quality.md); each seed's worker holds ~2.5 GB.
+    would train one seed at a time (one core idle).  More seeds than cores at once was slower, not
+    faster: five demo seeds time-sliced over 2 cores took 48 CPU-seconds per epoch each against 34
+    two at a time (memory bandwidth; docs/quality.md), and held ~17 GB.
     """
     import os
 
-    return max(2 * n_seeds, 2 * (os.cpu_count() or 1))
+    return 2 * (os.cpu_count() or 1)
+
+
+def train_or_finish(config: str, storage: Path, overrides: list[str]) -> Path:
+    """Train the config's ensemble under ``storage`` (one seed per core), finish an interrupted one
+    (Tune restore), or leave a finished one as it is.  Returns the experiment folder."""
+    from ray_jobs import ensemble
+    from ray_jobs.ensemble_model import load_finished
+
+    cfg = load_config(config, overrides)
+    experiment = storage / cfg.ensemble.name
+    done = load_finished(experiment) if experiment.exists() else {}
+    if len(done) == len(cfg.ensemble.seeds):
+        print(f"{experiment}: every seed finished; not training again.")
+        return experiment
+    args = ["--config", config, "--storage", str(storage), "--num-cpus", str(demo_cpus())]
+    args += [a for o in overrides for a in ("--set", o)]
+    if experiment.exists() and any(experiment.iterdir()):
+        args.append("--resume")
+    ensemble.run(ensemble.parse_args(args))
+    return experiment
 
 
 def demo(config: str, output: str, overrides: list[str]) -> None:
     """Train (or finish) the ensemble, then write the analysis and the backtest report."""
     start = time.perf_counter()
-    from ray_jobs import analyze, backtest, ensemble
-    from ray_jobs.ensemble_model import load_finished
+    from ray_jobs import analyze, backtest
 
-    cfg = load_config(config, overrides)
-    storage = Path(output).resolve()
-    experiment = storage / cfg.ensemble.name
-    done = load_finished(experiment) if experiment.exists() else {}
-    if len(done) < len(cfg.ensemble.seeds):
-        ens_args = ["--config", config, "--storage", str(storage), "--num-cpus", str(demo_cpus(len(cfg.ensemble.seeds)))]
-        ens_args += [a for o in overrides for a in ("--set", o)]
-        if experiment.exists() and any(experiment.iterdir()):
-            ens_args.append("--resume")
-        ensemble.run(ensemble.parse_args(ens_args))
-    else:
-        print(f"{experiment} already finished; re-writing the analysis and the report.")
+    experiment = train_or_finish(config, Path(output).resolve(), overrides)
     analyze.analyze(experiment)
     report = backtest.backtest(experiment, experiment / "report")
     print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min")
