@@ -37,9 +37,10 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _kill_worker_mid_epoch(run_dir: Path, after_epoch: int, seen: dict, timeout: float = 240.0) -> None:
+def _kill_worker_mid_epoch(run_dir: Path, after_epoch: int, seen: dict, address: str, timeout: float = 240.0) -> None:
     """Wait until ``after_epoch`` is logged, then SIGKILL the live training worker during the next
-    epoch; ``seen`` records what was on disk at that moment."""
+    epoch; ``seen`` records what was on disk at that moment.  ``address``: this test's cluster (the
+    state API refuses to guess when another Ray cluster runs on the machine)."""
     from ray.util.state import list_actors
 
     start = time.monotonic()
@@ -51,7 +52,7 @@ def _kill_worker_mid_epoch(run_dir: Path, after_epoch: int, seen: dict, timeout:
         seen["error"] = f"epoch {after_epoch} never finished"
         return
     time.sleep(0.5)  # into the next epoch (40 steps take a few seconds)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     seen["epochs_at_kill"] = _epochs(run_dir)
     seen["workers"] = [w.pid for w in workers]
     for w in workers:
@@ -68,7 +69,7 @@ def test_sigkilled_worker_resumes_its_seed_and_leaves_the_other_seed_alone(ray_c
     ])
     seeds = tmp_path / "ens" / "seeds"
     seen: dict = {}
-    killer = threading.Thread(target=_kill_worker_mid_epoch, args=(seeds / "seed_3", 1, seen), daemon=True)
+    killer = threading.Thread(target=_kill_worker_mid_epoch, args=(seeds / "seed_3", 1, seen, ray_cluster), daemon=True)
     killer.start()
     run(args)
     killer.join(timeout=5)
