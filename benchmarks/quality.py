@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from data.scoring import sharpe_standard_error
+from data.scoring import sharpe_standard_error, sharpe_standard_error_of
 from model.config import load_config
 from model.errors import ConfigError
 from ray_jobs.cli import CliParser, run_cli
@@ -56,14 +56,14 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
     r_h = horizon_returns(inputs.panel.returns, h)[idx]  # (K, N)
     x = inputs.windows(idx)  # (K, L, N, F)
     moments = ens.member_moments(x)
-    rows, ics = {}, {}
-    for seed, w in ens.member_weights(x).items():
-        rows[f"seed {seed}"] = score_weights(idx, w.cpu().numpy(), chained_prev(w.cpu().numpy()), r_h,
-                                             ens.cfg.portfolio.tc_rate, h)
+    rows, ics, tc = {}, {}, ens.cfg.portfolio.tc_rate
+    members = {seed: w.cpu().numpy() for seed, w in ens.member_weights(x).items()}  # solved once
+    for seed, w in members.items():
+        rows[f"seed {seed}"] = score_weights(idx, w, chained_prev(w), r_h, tc, h)
         ics[f"seed {seed}"] = mean_ic(moments[seed][0].cpu().numpy(), r_h)
-    tc = ens.cfg.portfolio.tc_rate
-    for rule in ("weights", "moments"):
-        w = ens.weights(x, rule=rule).cpu().numpy()
+    combined = {"weights": np.mean(list(members.values()), axis=0),  # as Ensemble.weights(rule="weights")
+                "moments": ens.weights(x, rule="moments").cpu().numpy()}
+    for rule, w in combined.items():
         name = "ensemble" if rule == ens.cfg.ensemble.combine else f"ensemble, mean of {rule}"
         rows[name] = score_weights(idx, w, chained_prev(w), r_h, tc, h)
     ics["ensemble (mean mu)"] = mean_ic(ens.combine(moments)[0].cpu().numpy(), r_h)
@@ -150,7 +150,7 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
         for key in ("oracle", "probe", "equal"):
             if key in table[split]:
                 res = table[split][key]
-                row[label[key]] = (res.sharpe, sharpe_standard_error_of(res.sharpe, res.n_rebalances, cfg),
+                row[label[key]] = (res.sharpe, sharpe_standard_error_of(res.sharpe, res.n_rebalances, cfg.data.prediction_horizon),
                                    res.turnover)
         for name, res in baseline_rows(inputs, split).items():
             row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
@@ -165,13 +165,6 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
         split_ics["probe"] = probe_ics[split]
         ics[split] = split_ics
     return scores, ics, health(experiment)
-
-
-def sharpe_standard_error_of(sharpe: float, n: int, cfg) -> float:
-    """Lo (2002) iid standard error from an annualised Sharpe and n periods (as sharpe_standard_error)."""
-    periods = 252 / cfg.data.prediction_horizon
-    s = sharpe / np.sqrt(periods)
-    return float(np.sqrt((1 + 0.5 * s**2) / n) * np.sqrt(periods))
 
 
 def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness: dict, minutes: float) -> str:

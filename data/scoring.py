@@ -75,9 +75,14 @@ def sharpe_standard_error(net: np.ndarray, horizon: int) -> float:
     float, in the units of :func:`annualised_sharpe`.
     """
     net = np.asarray(net, dtype=np.float64)
+    return sharpe_standard_error_of(annualised_sharpe(net, horizon), net.size, horizon)  # checks n >= 2
+
+
+def sharpe_standard_error_of(sharpe: float, n: int, horizon: int) -> float:
+    """:func:`sharpe_standard_error` from an annualised Sharpe ratio and its number of periods."""
     periods = TRADING_DAYS / horizon
-    s = annualised_sharpe(net, horizon) / math.sqrt(periods)  # per-period Sharpe; checks n >= 2
-    return float(math.sqrt((1.0 + 0.5 * s * s) / net.size) * math.sqrt(periods))
+    s = sharpe / math.sqrt(periods)  # per-period Sharpe
+    return float(math.sqrt((1.0 + 0.5 * s * s) / n) * math.sqrt(periods))
 
 
 def max_drawdown(net: np.ndarray) -> float:

@@ -38,6 +38,12 @@ SHARPE_VARIANCE_EPS = 1e-8
 """Added to the batch variance of portfolio returns (return units**2, i.e. a 1e-4 std floor)."""
 
 
+def term_weights(train_cfg: TrainingConfig) -> dict[str, float]:
+    """The configured weight of each loss term, keyed like the terms (``TERM_KEYS``)."""
+    return {"loss_return": train_cfg.alpha_return, "loss_cov": train_cfg.beta_cov,
+            "loss_sharpe": train_cfg.gamma_sharpe, "loss_tc": train_cfg.lambda_tc}
+
+
 def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor) -> torch.Tensor:
     """Mean squared error of predicted vs realised horizon returns in percent**2; (B, N) -> ()."""
     return (PERCENT * (mu - r_horizon)).square().mean()
@@ -173,11 +179,6 @@ def compute_losses(
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),
         "loss_tc": tc_rate * turnover(weights, w_prev),
     }
-    s = {k: 1.0 for k in TERM_KEYS} if scales is None else {k: float(scales.get(k, 1.0)) for k in TERM_KEYS}
-    total = (
-        train_cfg.alpha_return * s["loss_return"] * terms["loss_return"]
-        + train_cfg.beta_cov * s["loss_cov"] * terms["loss_cov"]
-        + train_cfg.gamma_sharpe * s["loss_sharpe"] * terms["loss_sharpe"]
-        + train_cfg.lambda_tc * s["loss_tc"] * terms["loss_tc"]
-    )
+    scales = scales or {}
+    total = sum(w * float(scales.get(k, 1.0)) * terms[k] for k, w in term_weights(train_cfg).items())
     return {"loss": total, **terms}

@@ -13,7 +13,7 @@ import torch
 from data.splits import rebalance_indices
 from model.config import Config
 from model.errors import SolverError, TrainingError
-from model.losses import compute_losses
+from model.losses import compute_losses, term_weights
 from model.network import solve_device
 from ray_jobs.evaluation import chain_solves, score_weights
 
@@ -128,8 +128,7 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
     """
     rng = np.random.default_rng(seed)
     tr, n = cfg.training, cfg.data.num_factors
-    weights = {"loss_return": tr.alpha_return, "loss_cov": tr.beta_cov, "loss_sharpe": tr.gamma_sharpe,
-               "loss_tc": tr.lambda_tc}
+    weights = term_weights(tr)
     params = [p for p in model.parameters() if p.requires_grad]
     norms: dict[str, list[float]] = {k: [] for k in weights}
     model.train()
