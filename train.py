@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from model.cli import CliParser, run_cli
-from model.config import check_device, load_config
+from core.cli import CliParser, run_cli
+from core.config import check_device, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:

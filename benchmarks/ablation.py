@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import load_config
+from core.config import load_config
 from ray_jobs.cli import CliParser, run_cli
 
 

@@ -36,7 +36,7 @@ def measure(config: str, batch: int, checkpointing: bool, count_flops: bool) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.config import load_config
+    from core.config import load_config
     from model.encoder import XLSTMEncoder
     from model.heads import FactorHeads, MomentHeads
 
@@ -69,7 +69,7 @@ def _measure_in_subprocess(config: str, batch: int, checkpointing: bool, count_f
 
 def run(args) -> None:
     from data import prepare
-    from model.config import load_config
+    from core.config import load_config
 
     cfg = load_config(args.config, CPU_OVERRIDES)
     tr, enc = cfg.training, cfg.model.encoder

@@ -26,8 +26,8 @@ import warnings
 import numpy as np
 import torch
 
-from model.config import PortfolioConfig
-from model.errors import SolverError
+from core.config import PortfolioConfig
+from core.errors import SolverError
 from model.portfolio import PortfolioLayer, check_solution, solve_reference
 
 BACKENDS = ["cvxpylayers/ECOS", "cvxpylayers/Clarabel", "cvxpylayers/SCS-default", "cvxpylayers/SCS", "torch"]

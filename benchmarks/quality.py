@@ -31,8 +31,8 @@ import torch
 from scipy.stats import spearmanr
 
 from data.scoring import sharpe_standard_error, sharpe_standard_error_of
-from model.config import load_config
-from model.errors import ConfigError
+from core.config import load_config
+from core.errors import ConfigError
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.demo import train_or_finish
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from model.config import check_device, load_config
+from core.config import check_device, load_config
 
 
 def _sync(device: torch.device) -> None:

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.cli import CliParser, run_cli
-from model.errors import DataError
+from core.cli import CliParser, run_cli
+from core.errors import DataError
 
 FEATURE_NAMES: tuple[str, ...] = (
     "ret_1d", "ret_5d", "ret_21d", "ret_63d", "mom_252_21",

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data.splits import min_panel_dates, purge_of
-from model.config import DataConfig
-from model.errors import DataError
+from core.config import DataConfig
+from core.errors import DataError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 PERCENT_MEDIAN_ABS_RETURN = 0.1

@@ -32,9 +32,9 @@ import numpy as np
 from data.scoring import TRADING_DAYS, score_weights
 from data.splits import rebalance_indices
 from data.windows import PreparedData, horizon_returns, prepare
-from model.cli import config_parser, run_cli
-from model.config import Config, PortfolioConfig, load_config
-from model.errors import DataError, SolverError
+from core.cli import config_parser, run_cli
+from core.config import Config, PortfolioConfig, load_config
+from core.errors import DataError, SolverError
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import contract
-from model.config import DataConfig
-from model.errors import DataError
+from core.config import DataConfig
+from core.errors import DataError
 
 REQUIRED_COLUMNS = ("date", "factor", "ret")
 

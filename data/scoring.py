@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.heads import TRADING_DAYS_PER_YEAR as TRADING_DAYS
+from core.constants import TRADING_DAYS_PER_YEAR as TRADING_DAYS
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.cli import CliParser, run_cli
-from model.errors import DataError
+from core.cli import CliParser, run_cli
+from core.errors import DataError
 
 
 def sp500_prices() -> pd.DataFrame:

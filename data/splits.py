@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.config import DataConfig
-from model.errors import ConfigError, DataError
+from core.config import DataConfig
+from core.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True, eq=False)

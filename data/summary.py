@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from data.windows import PreparedData, prepare
-from model.cli import config_parser, run_cli
-from model.config import load_config
+from core.cli import config_parser, run_cli
+from core.config import load_config
 
 
 def summary_text(prep: PreparedData, source: str) -> str:

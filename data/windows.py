@@ -22,8 +22,8 @@ import torch
 
 from data.panel import Panel, read_panel
 from data.splits import Splits, make_splits, splits_for  # noqa: F401  (make_splits re-exported)
-from model.config import Config, DataConfig
-from model.errors import DataError
+from core.config import Config, DataConfig
+from core.errors import DataError
 
 
 def horizon_returns(returns: np.ndarray, horizon: int) -> np.ndarray:

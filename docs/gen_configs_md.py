@@ -1,4 +1,4 @@
-"""Regenerate docs/configs.md from model/config.py (field, type, default, docstring).
+"""Regenerate docs/configs.md from core/config.py (field, type, default, docstring).
 
   python docs/gen_configs_md.py > docs/configs.md
 """
@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-import model.config as mc
+import core.config as mc
 
 SECTIONS = [
     ("model.encoder", mc.EncoderConfig), ("model.heads", mc.HeadsConfig), ("data", mc.DataConfig),
@@ -31,7 +31,7 @@ def field_docs(cls) -> dict[str, str]:
 
 def main() -> None:
     print("# Config reference\n")
-    print("Generated from `model/config.py` by `docs/gen_configs_md.py`; the loader refuses unknown keys,")
+    print("Generated from `core/config.py` by `docs/gen_configs_md.py`; the loader refuses unknown keys,")
     print("wrong types and inconsistent values with a `ConfigError` naming the file, key and value.")
     print("Override any key on the command line with `--set section.key=value`.\n")
     hints = {}

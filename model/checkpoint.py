@@ -27,8 +27,8 @@ from typing import Any, Union
 
 import torch
 
-from model.config import Config, config_from_dict
-from model.errors import CheckpointError, ConfigError
+from core.config import Config, config_from_dict
+from core.errors import CheckpointError, ConfigError
 from model.network import XLSTMPortfolio
 from model.slstm_fast import load_neutral_state_dict, neutral_state_dict
 

@@ -45,9 +45,10 @@ from xlstm import (
     xLSTMBlockStackConfig,
 )
 
-from model.config import Config, EncoderConfig, check_device
-from model.errors import ConfigError, DeviceError
-from model.heads import ShapeError, check_shape
+from core.config import Config, EncoderConfig, check_device
+from core.errors import ConfigError, DeviceError
+from core.errors import ShapeError
+from model.heads import check_shape
 from model.slstm_fast import use_fast_slstm
 
 LOGGER = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.errors import ShapeError
+from core.constants import TRADING_DAYS_PER_YEAR
+from core.errors import ShapeError
 
 REFERENCE_ANNUAL_VOL = 0.10
 """Annual volatility of a typical factor portfolio; sets the output scales (not a constraint)."""
-TRADING_DAYS_PER_YEAR = 252
 
 
 def check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Optional[int]], hint: str = "") -> None:

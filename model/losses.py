@@ -28,8 +28,10 @@ from typing import Optional
 
 import torch
 
-from model.config import TrainingConfig
-from model.heads import TRADING_DAYS_PER_YEAR, ShapeError, check_shape
+from core.config import TrainingConfig
+from core.constants import TRADING_DAYS_PER_YEAR
+from core.errors import ShapeError
+from model.heads import check_shape
 
 PERCENT = 100.0
 """Returns are scaled to percent inside loss_return and loss_cov so that both are O(1)."""

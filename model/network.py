@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from model.config import Config
+from core.config import Config
 from model.encoder import XLSTMEncoder
 from model.heads import FactorHeads, MomentHeads, check_shape
 from model.portfolio import PortfolioLayer

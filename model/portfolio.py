@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.config import PortfolioConfig
-from model.errors import ConfigError, SolverError
+from core.config import PortfolioConfig
+from core.errors import ConfigError, SolverError
 from model.portfolio_cvx import CvxpyBackend, solve_full_cov, solve_reference
 from model.qp_torch import QPSettings, check_feasible, single_thread, solve_portfolio_qp
 

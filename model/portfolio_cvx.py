@@ -18,7 +18,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from model.errors import SolverError
+from core.errors import SolverError
 
 SOLVER_ARGS = {
     # Measured on random n=104 problems against the exact torch solve (docs/portfolio.md).

@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from model.errors import SolverError
+from core.errors import SolverError
 from model.qp_torch_ipm import InteriorPoint
 from model.qp_torch_kkt import ActiveSet, solve_active_kkt, solve_exact
 from model.qp_torch_newton import DualNewton, Point, QPSettings, Scaled, put, scale_problem, take

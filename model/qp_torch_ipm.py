@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.errors import SolverError
+from core.errors import SolverError
 from model.qp_torch_newton import QPSettings, Scaled, clone, put, take
 
 START = 0.1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.errors import SolverError
+from core.errors import SolverError
 from model.qp_torch_ipm import InteriorPoint, IPMState
 from model.qp_torch_newton import clone, put, take
 

@@ -56,7 +56,7 @@ COMPACT_FRACTION = 0.5
 
 @dataclass(frozen=True)
 class QPSettings:
-    """Static problem data of the torch backend (from :class:`model.config.PortfolioConfig`)."""
+    """Static problem data of the torch backend (from :class:`core.config.PortfolioConfig`)."""
 
     long_only: bool
     max_weight: Optional[float]

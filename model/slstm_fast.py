@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellBase
 
-from model.errors import CheckpointError, XlstmVersionError
+from core.errors import CheckpointError, XlstmVersionError
 
 CHECKED_XLSTM_VERSION = "2.0.6"
 """The xlstm release whose vanilla sLSTM internals the fast step was checked against."""

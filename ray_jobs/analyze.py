@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.errors import CheckpointError
+from core.errors import CheckpointError
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.ensemble import SEEDS_DIR
 

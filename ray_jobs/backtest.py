@@ -35,7 +35,7 @@ import pandas as pd
 
 from data import horizon_returns
 from data.scoring import sharpe_standard_error
-from model.errors import ConfigError, DataError, PortfolioTrainerError
+from core.errors import ConfigError, DataError, PortfolioTrainerError
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
 from ray_jobs.inference import EnsembleInputs

@@ -1,5 +1,5 @@
-"""Shared entry-point behaviour for ``ray_jobs``: see :mod:`model.cli` (where ``data/`` finds it too)."""
+"""Shared entry-point behaviour for ``ray_jobs``: see :mod:`core.cli` (where ``data/`` finds it too)."""
 
-from model.cli import EXIT_ERROR, CliParser, run_cli
+from core.cli import EXIT_ERROR, CliParser, run_cli
 
 __all__ = ["EXIT_ERROR", "CliParser", "run_cli"]

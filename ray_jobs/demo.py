@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.config import load_config
+from core.config import load_config
 from ray_jobs.cli import CliParser, run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model_config_cpu_demo.yaml"

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from model.config import Config, check_device, config_from_dict, load_config
-from model.errors import ConfigError
+from core.config import Config, check_device, config_from_dict, load_config
+from core.errors import ConfigError
 from ray_jobs.cli import CliParser, run_cli
 
 # The trial function only waits on its TorchTrainer: a sliver of a CPU, not a whole one.

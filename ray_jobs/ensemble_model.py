@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_model
-from model.config import Config
-from model.errors import CheckpointError, ConfigError
+from core.config import Config
+from core.errors import CheckpointError, ConfigError
 from model.network import solve_device
 from model.portfolio import PortfolioLayer
 from ray_jobs.ensemble import SEEDS_DIR

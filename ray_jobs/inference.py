@@ -12,7 +12,7 @@ import torch
 
 from data import Normalizer, Panel, load_panel
 from data.splits import rebalance_indices, splits_for
-from model.errors import DataError
+from core.errors import DataError
 from ray_jobs.ensemble_model import Ensemble
 
 

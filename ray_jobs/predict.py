@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.errors import DataError, PortfolioTrainerError
+from core.errors import DataError, PortfolioTrainerError
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.inference import EnsembleInputs
 

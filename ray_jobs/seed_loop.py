@@ -23,8 +23,8 @@ import numpy as np
 import ray.train
 import torch
 
-from model.config import Config, check_device, config_from_dict
-from model.errors import CheckpointError, PortfolioTrainerError, TrainingError
+from core.config import Config, check_device, config_from_dict
+from core.errors import CheckpointError, PortfolioTrainerError, TrainingError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LATEST, BEST, METRICS, FAILED, FINISHED = "latest.pt", "best.pt", "metrics.jsonl", "failed.json", "finished.json"

@@ -12,8 +12,8 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from model.config import Config
-from model.errors import DeviceError, PortfolioTrainerError, TrainingError
+from core.config import Config
+from core.errors import DeviceError, PortfolioTrainerError, TrainingError
 from ray_jobs.seed_loop import FAILED, FINISHED, read_failure, train_loop_per_worker
 
 

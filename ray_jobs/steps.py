@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from data.splits import rebalance_indices
-from model.config import Config
-from model.errors import SolverError, TrainingError
+from core.config import Config
+from core.errors import SolverError, TrainingError
 from model.losses import compute_losses, term_weights
 from model.network import solve_device
 from ray_jobs.evaluation import chain_solves, score_weights

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.config import load_config
+from core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "model_config_cpu_smoke.yaml"

@@ -18,7 +18,7 @@ from bad_panels import BAD_CASES, PREPARE_CASES, write_parquet
 from data import prepare
 from data.build_panel import compute_features
 from entry_points import entry_main
-from model.errors import DataError
+from core.errors import DataError
 from panel_helpers import SMALL_OVERRIDES, SMOKE, make_returns, small_cfg
 
 MISSING_FILE = ("missing_file", None, r"panel file '.*absent\.parquet' does not exist")

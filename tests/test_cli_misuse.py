@@ -1,7 +1,7 @@
 """Every entry point answers a missing file or an unknown flag with one ``error:`` line and status 2.
 
-No traceback and no usage dump: the shared ``model.cli.CliParser`` turns argparse's errors into one
-line, and ``model.cli.run_cli`` does the same for the typed errors.
+No traceback and no usage dump: the shared ``core.cli.CliParser`` turns argparse's errors into one
+line, and ``core.cli.run_cli`` does the same for the typed errors.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import Config, check_device, config_from_dict, load_config
-from model.errors import ConfigError, DeviceError
+from core.config import Config, check_device, config_from_dict, load_config
+from core.errors import ConfigError, DeviceError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FULL = CONFIGS / "model_config_h100_full.yaml"

@@ -14,7 +14,7 @@ import pytest
 from panel_helpers import REPO, make_returns
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import read_panel
-from model.errors import DataError
+from core.errors import DataError
 
 
 def _features_by_hand(r: np.ndarray, t: int) -> list[float]:

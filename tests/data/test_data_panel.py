@@ -12,7 +12,7 @@ from bad_panels import BAD_CASES, write_parquet
 from panel_helpers import N_SMALL, small_cfg
 from data.build_panel import FEATURE_NAMES
 from data.panel import Panel, read_panel, write_panel
-from model.errors import DataError
+from core.errors import DataError
 
 
 @pytest.mark.parametrize("case, mutate, pattern", BAD_CASES, ids=[c[0] for c in BAD_CASES])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.splits import make_splits, min_panel_dates, rebalance_indices
-from model.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 CASES = [  # n_dates, lookback, horizon, train_fraction, val_fraction, purge_days
     (6264, 20, 5, 0.70, 0.15, 5),

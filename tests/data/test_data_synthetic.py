@@ -16,7 +16,7 @@ from data.oracle import MeanVarianceProblem, policy_table
 from data.panel import file_sha256
 from data.synthetic import cache_path, generate, load_synthetic_panel
 from data.windows import horizon_returns, prepare
-from model.config import load_config
+from core.config import load_config
 
 SMALL_N, SMALL_YEARS = 8, 20
 FP_SCRIPT = (

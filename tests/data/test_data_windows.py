@@ -14,7 +14,7 @@ from panel_helpers import small_cfg
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import Panel, write_panel
 from data.windows import Normalizer, WindowSource, prepare
-from model.errors import DataError
+from core.errors import DataError
 
 L, H = 10, 3  # lookback and horizon of small_cfg()
 

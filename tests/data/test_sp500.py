@@ -9,8 +9,8 @@ import pytest
 from data import prepare, read_panel
 from data.build_panel import FEATURE_NAMES
 from data.sp500 import build_sp500_panel, main
-from model.config import load_config
-from model.errors import DataError
+from core.config import load_config
+from core.errors import DataError
 from panel_helpers import REPO
 from ray_jobs.backtest import ESTIMATION_DAYS
 

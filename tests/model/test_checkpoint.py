@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
-from model.config import load_config
-from model.errors import CheckpointError
+from core.config import load_config
+from core.errors import CheckpointError
 from model.network import XLSTMPortfolio
 from model.slstm_fast import slstm_cells
 

@@ -13,8 +13,8 @@ import torch
 
 import model.checkpoint as checkpoint_module
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import load_config
-from model.errors import CheckpointError, TrainingError
+from core.config import load_config
+from core.errors import CheckpointError, TrainingError
 from model.network import XLSTMPortfolio
 from ray_jobs.seed_loop import (
     BEST, CHECKPOINT_FILE, LATEST, append_history, newest_good_checkpoint, read_history, trim_history,

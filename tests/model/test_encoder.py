@@ -11,10 +11,10 @@ from xlstm.blocks.mlstm.block import mLSTMBlock
 from xlstm.blocks.slstm.block import sLSTMBlock
 from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla
 
-from model.config import load_config
+from core.config import load_config
 from model.encoder import XLSTMEncoder
-from model.errors import DeviceError
-from model.heads import ShapeError
+from core.errors import DeviceError
+from core.errors import ShapeError
 from model.slstm_fast import (
     FastsLSTMCell,
     XlstmVersionError,

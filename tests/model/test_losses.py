@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import TrainingConfig
-from model.heads import ShapeError
+from core.config import TrainingConfig
+from core.errors import ShapeError
 from model.losses import SHARPE_VARIANCE_EPS, compute_losses
 
 B, N, K, HORIZON, TC_RATE = 6, 4, 2, 5, 0.0005

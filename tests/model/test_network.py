@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import load_config
-from model.heads import MomentHeads, ShapeError, covariance, horizon_vol
+from core.config import load_config
+from core.errors import ShapeError
+from model.heads import MomentHeads, covariance, horizon_vol
 from model.losses import compute_losses
 from model.network import ModelOutput, XLSTMPortfolio
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import PortfolioConfig
-from model.errors import ConfigError, SolverError
+from core.config import PortfolioConfig
+from core.errors import ConfigError, SolverError
 from model.portfolio import PortfolioLayer, check_solution, solve_full_cov, solve_reference
 from model.portfolio_cvx import CvxpyBackend
 from model.qp_torch import QPSettings, solve_portfolio_qp

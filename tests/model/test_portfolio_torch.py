@@ -13,8 +13,8 @@ import dataclasses
 import pytest
 import torch
 
-from model.errors import SolverError
-from model.config import PortfolioConfig
+from core.errors import SolverError
+from core.config import PortfolioConfig
 from model.portfolio import solve_reference
 from model.qp_torch import QPSettings, solve_portfolio_qp
 from model.qp_torch_ipm import InteriorPoint

@@ -19,8 +19,8 @@ from data.oracle import probe_weights
 from data.scoring import sharpe_standard_error
 from data.splits import rebalance_indices
 from data.windows import horizon_returns
-from model.config import PortfolioConfig
-from model.errors import ConfigError, DataError, PortfolioTrainerError
+from core.config import PortfolioConfig
+from core.errors import ConfigError, DataError, PortfolioTrainerError
 from model.portfolio import solve_full_cov
 from panel_helpers import make_returns, small_cfg
 from ray_jobs.backtest import ESTIMATION_DAYS, cap_weights, constraint_text, inverse_volatility_weights

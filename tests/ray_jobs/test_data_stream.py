@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from model.config import load_config
+from core.config import load_config
 from pathlib import Path
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "model_config_cpu_smoke.yaml"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import load_checkpoint
-from model.config import load_config
-from model.errors import SolverError, TrainingError
+from core.config import load_config
+from core.errors import SolverError, TrainingError
 from ray_jobs.seed_loop import read_history
 
 ROOT = Path(__file__).resolve().parents[2]

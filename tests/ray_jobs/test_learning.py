@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from data import prepare
 from data.splits import rebalance_indices
-from model.config import load_config
+from core.config import load_config
 from model.losses import compute_losses
 from model.network import XLSTMPortfolio
 from ray_jobs.steps import equal_weights, gradient_scales, make_optimizer, predict_moments, training_step

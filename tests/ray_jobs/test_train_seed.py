@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from model.config import load_config
-from model.errors import SolverError, TrainingError
+from core.config import load_config
+from core.errors import SolverError, TrainingError
 from ray_jobs.seed_loop import read_history
 
 ROOT = Path(__file__).resolve().parents[2]

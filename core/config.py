@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from model.errors import ConfigError
+from core.errors import ConfigError
 
 CellType = Literal["sLSTM", "mLSTM"]
 
@@ -469,7 +469,7 @@ def check_device(name: str, precision: str = "float32") -> str:
     """
     import torch
 
-    from model.errors import DeviceError
+    from core.errors import DeviceError
 
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError(

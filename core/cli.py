@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
-from model.errors import PortfolioTrainerError
+from core.errors import PortfolioTrainerError
 
 EXIT_ERROR = 2
 """Exit status of a refused command line or a typed error (argparse's own usage-error status)."""
