@@ -49,7 +49,7 @@ def run(args) -> list[dict]:
     prep = prepare(cfg)
     source = prep.window_source("cpu")
     seed_everything(args.seed)
-    model = XLSTMPortfolio(cfg, "cpu")
+    model = XLSTMPortfolio.from_config(cfg, "cpu")
     optimizer, scheduler = make_optimizer(model, cfg)
     train = prep.splits.train
     scales = gradient_scales(cfg, model, source, train, seed=args.seed) if tr.loss_scaling == "gradient" else None

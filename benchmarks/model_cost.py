@@ -22,7 +22,7 @@ from pathlib import Path
 from ray_jobs.cli import CliParser, run_cli
 
 CPU_OVERRIDES = ["training.device=cpu", "training.precision=float32", "training.compile=false",
-                 "training.gpus_per_worker=0"]
+                 "resources.gpus_per_worker=0"]
 """The config as it runs on this CPU (the shapes stay the config's)."""
 SUSTAINED_TFLOPS = 200.0
 """Assumed sustained bf16 throughput of one H100 on these small (hidden 1024) matmuls: about a
@@ -38,12 +38,13 @@ def measure(config: str, batch: int, checkpointing: bool, count_flops: bool) -> 
 
     from core.config import load_config
     from model.encoder import XLSTMEncoder
+    from model.spec import ModelSpec
     from model.heads import FactorHeads, MomentHeads
 
     torch.set_num_threads(1)
     cfg = load_config(config, [*CPU_OVERRIDES, f"model.encoder.activation_checkpointing={str(checkpointing).lower()}"])
     enc, d = cfg.model.encoder, cfg.data
-    encoder = XLSTMEncoder(cfg, "cpu").train()
+    encoder = XLSTMEncoder(ModelSpec.of(cfg), "cpu").train()
     heads_cls = FactorHeads if enc.layout == "factorwise" else MomentHeads
     heads = heads_cls(enc.hidden_dim, d.num_factors, cfg.model.heads.cov_rank, 1e-6, d.prediction_horizon)
     x = torch.randn(batch, d.lookback_days, d.num_factors, d.num_features)

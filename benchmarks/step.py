@@ -77,7 +77,7 @@ def run(cfg, steps: int, warmup: int) -> dict:
     prepared = prepare(cfg)
     source = prepared.window_source(device)
     torch.manual_seed(0)
-    model = XLSTMPortfolio(cfg, device=device.type).to(device).train()
+    model = XLSTMPortfolio.from_config(cfg, device=device.type).to(device).train()
     optimizer, _ = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(0)
     train = torch.as_tensor(np.array(prepared.splits.train))

@@ -8,6 +8,7 @@ value.  Every field below has a documented default unless the spec fixes it; the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -159,14 +160,21 @@ class TrainingConfig:
     """cosine decays to lr/10 over max_epochs."""
     steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (null = one pass over the training windows)."""
+    output_dir: str = "runs/train"
+    """Where `python train.py` writes a run (relative paths are resolved from the cwd)."""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """``resources`` section: what Ray reserves for each seed's training (not hyperparameters:
+    the same model trains the same way with any of these; checkpoints record them, loading ignores them)."""
+
     num_workers: int = 1
-    """Ray Train workers per seed (> 1 = data parallel)."""
+    """Ray Train workers per seed (> 1 = data parallel; the global batch is split between them)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per Ray Train worker."""
     gpus_per_worker: float = 0.0
-    """GPU fraction per worker, e.g. 0.2 packs 5 seeds on one GPU."""
-    output_dir: str = "runs/train"
-    """Where `python train.py` writes a run (relative paths are resolved from the cwd)."""
+    """GPU fraction per worker, e.g. 0.2 packs 5 seeds on one GPU; > 0 exactly when training.device is cuda."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,7 @@ class Config:
     training: TrainingConfig
     portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def purge_days(self) -> int:
@@ -207,6 +216,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples) that round-trips through :func:`config_from_dict`."""
         return _plain(dataclasses.asdict(self))
+
+
+MOVED_KEYS = {f"training.{k}": f"resources.{k}" for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")}
+"""Keys that left a section: the loader names the new place (configs and checkpoints before the
+resources section had them under training)."""
 
 
 def _plain(obj: Any) -> Any:
@@ -286,6 +300,11 @@ def _build(cls: type, raw: Any, where: str, src: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
+        if key in MOVED_KEYS:
+            raise ConfigError(
+                f"{src}: '{key}' (value {raw[unknown[0]]!r}) has moved to '{MOVED_KEYS[key]}': Ray's "
+                "reservations are not training hyperparameters. Move the key into the resources section."
+            )
         raise ConfigError(
             f"{src}: unknown key '{key}' (value {raw[unknown[0]]!r}). "
             f"Known keys under '{where or 'top level'}': {', '.join(sorted(known))}. Check the spelling."
@@ -355,7 +374,7 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         f"must be >= prediction_horizon = {data.prediction_horizon} so that no label overlaps the next split",
     )
     _check(data.synthetic_years >= 20, src, "data.synthetic_years", data.synthetic_years, "must be >= 20")
-    for key in ("batch_size", "max_epochs", "num_workers"):
+    for key in ("batch_size", "max_epochs"):
         _check(getattr(tr, key) >= 1, src, f"training.{key}", getattr(tr, key), "must be >= 1")
     _check(tr.batch_size >= 2, src, "training.batch_size", tr.batch_size, "the batch Sharpe needs >= 2 samples")
     _check(tr.learning_rate > 0, src, "training.learning_rate", tr.learning_rate, "must be > 0")
@@ -375,15 +394,17 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, src, "training.steps_per_epoch",
         tr.steps_per_epoch, "must be >= 1 or null",
     )
-    _check(tr.cpus_per_worker > 0, src, "training.cpus_per_worker", tr.cpus_per_worker, "must be > 0")
-    _check(tr.gpus_per_worker >= 0, src, "training.gpus_per_worker", tr.gpus_per_worker, "must be >= 0")
+    res = cfg.resources
+    _check(res.num_workers >= 1, src, "resources.num_workers", res.num_workers, "must be >= 1")
+    _check(res.cpus_per_worker > 0, src, "resources.cpus_per_worker", res.cpus_per_worker, "must be > 0")
+    _check(res.gpus_per_worker >= 0, src, "resources.gpus_per_worker", res.gpus_per_worker, "must be >= 0")
     _check(
-        tr.gpus_per_worker == 0 or tr.device == "cuda", src, "training.gpus_per_worker", tr.gpus_per_worker,
-        f"GPUs are only requested for device cuda (device = {tr.device!r})",
+        res.gpus_per_worker == 0 or tr.device == "cuda", src, "resources.gpus_per_worker", res.gpus_per_worker,
+        f"GPUs are only requested for training.device cuda (device = {tr.device!r})",
     )
     _check(
-        tr.device != "cuda" or tr.gpus_per_worker > 0, src, "training.gpus_per_worker", tr.gpus_per_worker,
-        "device cuda needs a GPU share per worker, e.g. 1.0 or 0.2",
+        tr.device != "cuda" or res.gpus_per_worker > 0, src, "resources.gpus_per_worker", res.gpus_per_worker,
+        "training.device cuda needs a GPU share per worker, e.g. 1.0 or 0.2",
     )
     n = data.num_factors
     if pf.max_weight is not None:
@@ -424,8 +445,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``--set key=value`` overrides to a raw (YAML) dict; returns a new dict."""
-    import copy
-
     out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
@@ -444,6 +463,20 @@ def config_from_dict(raw: dict[str, Any], src: str = "<dict>") -> Config:
     cfg = _build(Config, raw, "", src)
     validate(cfg, src)
     return cfg
+
+
+def stored_config(raw: dict[str, Any], src: str) -> Config:
+    """The Config a checkpoint recorded, as it was (no field rewritten for the loading machine).
+
+    Checkpoints written before the ``resources`` section kept its keys under ``training``; they are
+    moved to where they live now (:data:`MOVED_KEYS`), values unchanged.
+    """
+    raw = copy.deepcopy(raw)
+    for old, new in MOVED_KEYS.items():
+        (section, key), (to_section, to_key) = old.split("."), new.split(".")
+        if key in raw.get(section, {}):
+            raw.setdefault(to_section, {})[to_key] = raw[section].pop(key)
+    return config_from_dict(raw, src)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

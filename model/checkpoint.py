@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` file holding a plain dict, loadable with
 ``torch.load(path, weights_only=True)``:
 
 * ``format_version``: int (:data:`FORMAT_VERSION`);
-* ``config``: ``cfg.to_dict()`` of the run (plain nested dict);
+* ``config``: ``cfg.to_dict()`` of the run (plain nested dict), a record of the whole run; the
+  model is rebuilt from its model-only slice (:class:`model.spec.ModelSpec`);
 * ``model_state``: :func:`model.slstm_fast.neutral_state_dict` of the model, on the CPU, so the
   sLSTM weights load into any backend (cuda kernel, fast, vanilla);
 * anything the caller passes as keyword arguments (optimizer / scheduler state dicts, epoch, seed,
@@ -18,23 +19,19 @@ crash mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import collections
-import copy
-import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
-from core.config import Config, config_from_dict
+from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
 from model.network import XLSTMPortfolio
 from model.slstm_fast import load_neutral_state_dict, neutral_state_dict
+from model.spec import ModelSpec
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_model", "load_neutral_state_dict"]
-
-LOGGER = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 RESERVED_KEYS = ("format_version", "config", "model_state")
@@ -89,7 +86,7 @@ def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, 
             f"save_checkpoint needs the XLSTMPortfolio itself, got {type(model).__name__}; pass the "
             "module you built, not its torch.compile / DDP wrapper."
         )
-    if _architecture(model.cfg) != _architecture(cfg):
+    if model.spec.architecture() != ModelSpec.of(cfg).architecture():
         raise CheckpointError("cfg does not describe this model (model / data-shape / portfolio sections differ).")
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
@@ -129,13 +126,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _architecture(cfg: Config) -> tuple:
-    """The config parts that decide what the model computes (not the sLSTM kernel that runs it)."""
-    d = cfg.data
-    encoder = dataclasses.replace(cfg.model.encoder, slstm_backend="auto")
-    return (encoder, cfg.model.heads, d.lookback_days, d.num_factors, d.num_features, d.prediction_horizon, cfg.portfolio)
-
-
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; returns the stored dict.
 
@@ -165,42 +155,20 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     return payload
 
 
-def config_for_device(raw: dict, device: str) -> dict:
-    """A copy of a stored config dict whose runtime fields are valid on ``device``.
-
-    Only fields that do not change the parameters are touched: ``training.device`` (and, off
-    cuda, ``precision`` -> float32, ``compile`` -> false, ``gpus_per_worker`` -> 0), and an explicit
-    ``slstm_backend: cuda`` becomes ``auto`` off cuda (the weights are backend-neutral).
-    """
-    raw = copy.deepcopy(raw)
-    kind = torch.device(device).type
-    training = raw.setdefault("training", {})
-    if training.get("device") == kind:
-        return raw
-    training["device"] = kind
-    if kind == "cuda":
-        training["gpus_per_worker"] = training.get("gpus_per_worker") or 1.0
-    else:
-        training.update(precision="float32", compile=False, gpus_per_worker=0.0)
-        encoder = raw.get("model", {}).get("encoder", {})
-        if encoder.get("slstm_backend") == "cuda":
-            LOGGER.warning("checkpoint was built with slstm_backend=cuda; loading on %s with 'auto'", device)
-            encoder["slstm_backend"] = "auto"
-    return raw
-
-
 def load_model(path: Union[str, Path], device: str = "cpu") -> tuple[XLSTMPortfolio, dict]:
     """Rebuild the model from a checkpoint's stored config and load its weights.
 
-    The stored config may name another device (e.g. an H100 run): its runtime fields are rewritten
-    for ``device`` (:func:`config_for_device`); the returned payload keeps the original config.
-    Returns ``(model in eval mode on device, payload)``; ``model.cfg`` is the rebuilt config.
+    The stored config is read as it was written (:func:`core.config.stored_config`); the model is
+    built from its model-only spec for ``device`` (:meth:`model.spec.ModelSpec.for_device`: an H100
+    checkpoint loads on a CPU with float32 blocks and the pure-torch sLSTM). Nothing of training or
+    Ray is rewritten. Returns ``(model in eval mode on device, payload)``; ``payload["config"]`` is
+    the stored config.
     """
     payload = load_checkpoint(path, map_location="cpu")
     try:
-        cfg = config_from_dict(config_for_device(payload["config"], device), f"{path} (stored config)")
+        cfg = stored_config(payload["config"], f"{path} (stored config)")
     except ConfigError as exc:
         raise CheckpointError(f"{path}: the stored config no longer validates: {exc}") from exc
-    model = XLSTMPortfolio(cfg, device=device)
+    model = XLSTMPortfolio(ModelSpec.of(cfg).for_device(device), device=device)
     load_neutral_state_dict(model, payload["model_state"])
     return model.eval(), payload

@@ -45,11 +45,11 @@ from xlstm import (
     xLSTMBlockStackConfig,
 )
 
-from core.config import Config, EncoderConfig, check_device
-from core.errors import ConfigError, DeviceError
-from core.errors import ShapeError
+from core.config import EncoderConfig, check_device
+from core.errors import ConfigError, DeviceError, ShapeError
 from model.heads import check_shape
 from model.slstm_fast import use_fast_slstm
+from model.spec import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -133,28 +133,27 @@ class XLSTMEncoder(nn.Module):
 
     Parameters
     ----------
-    cfg : Config
-        Uses ``model.encoder``, ``data.lookback_days``, ``data.num_factors``, ``data.num_features``
-        and ``training.precision``.
+    spec : ModelSpec
+        Uses ``encoder``, ``lookback_days``, ``num_factors``, ``num_features`` and ``precision``.
     device : str
         Device the model will run on ("cpu", "cuda", "cuda:1", "mps"); picks the sLSTM backend.
         The encoder is built on the CPU; the caller moves it (``XLSTMPortfolio`` does).
     """
 
-    def __init__(self, cfg: Config, device: str):
+    def __init__(self, spec: ModelSpec, device: str):
         super().__init__()
-        enc, data = cfg.model.encoder, cfg.data
+        enc = spec.encoder
         check_device(torch.device(device).type)
         if enc.conv1d_kernel_size < 1:
             raise ConfigError(f"model.encoder.conv1d_kernel_size = {enc.conv1d_kernel_size} must be >= 1.")
-        self.lookback, self.n_factors, self.n_features = data.lookback_days, data.num_factors, data.num_features
+        self.lookback, self.n_factors, self.n_features = spec.lookback_days, spec.num_factors, spec.num_features
         self.hidden_dim = enc.hidden_dim
         self.slstm_backend = resolve_slstm_backend(enc.slstm_backend, device)
         LOGGER.info(
             "sLSTM backend %s (requested %s, device %s)", self.slstm_backend, enc.slstm_backend, device
         )
         upstream_backend = "cuda" if self.slstm_backend == "cuda" else "vanilla"
-        dtype = "bfloat16" if cfg.training.precision == "bfloat16" else "float32"
+        dtype = spec.precision
 
         self.layout, self.patch_days = enc.layout, enc.patch_days
         self.activation_checkpointing = enc.activation_checkpointing

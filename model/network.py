@@ -20,6 +20,7 @@ from core.config import Config
 from model.encoder import XLSTMEncoder
 from model.heads import FactorHeads, MomentHeads, check_shape
 from model.portfolio import PortfolioLayer
+from model.spec import ModelSpec
 
 
 def solve_device(device: torch.device) -> torch.device:
@@ -41,32 +42,43 @@ class ModelOutput(NamedTuple):
 
 
 class XLSTMPortfolio(nn.Module):
-    """xLSTM portfolio model built from its config alone.
+    """xLSTM portfolio model built from its model-only spec (:class:`model.spec.ModelSpec`).
 
     Parameters
     ----------
-    cfg : Config
-        The whole run config (model, data shapes, portfolio, training.precision).
+    spec : ModelSpec
+        Encoder, heads, portfolio problem, panel shape and block precision; nothing of training or
+        Ray. ``XLSTMPortfolio.from_config(cfg, device)`` takes the slice of a run config.
     device : str
         Where the model runs ("cpu", "cuda", "cuda:1", "mps"): picks the sLSTM backend, and the
         model is moved there.  Refused (DeviceError) if unavailable.
     """
 
-    def __init__(self, cfg: Config, device: str = "cpu"):
+    def __init__(self, spec: ModelSpec, device: str = "cpu"):
         super().__init__()
-        self.cfg = cfg
-        self.n_assets, self.cov_rank = cfg.data.num_factors, cfg.model.heads.cov_rank
-        self.encoder = XLSTMEncoder(cfg, device)
-        heads = FactorHeads if cfg.model.encoder.layout == "factorwise" else MomentHeads
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(
+                f"XLSTMPortfolio takes a ModelSpec, got {type(spec).__name__}; "
+                "use XLSTMPortfolio.from_config(cfg, device) for a run config."
+            )
+        self.spec = spec
+        self.n_assets, self.cov_rank = spec.num_factors, spec.heads.cov_rank
+        self.encoder = XLSTMEncoder(spec, device)
+        heads = FactorHeads if spec.encoder.layout == "factorwise" else MomentHeads
         self.heads = heads(
-            hidden_dim=cfg.model.encoder.hidden_dim,
+            hidden_dim=spec.encoder.hidden_dim,
             n_assets=self.n_assets,
             cov_rank=self.cov_rank,
-            min_variance=cfg.model.heads.min_variance,
-            horizon=cfg.data.prediction_horizon,
+            min_variance=spec.heads.min_variance,
+            horizon=spec.prediction_horizon,
         )
-        self.portfolio = PortfolioLayer(self.n_assets, self.cov_rank, cfg.portfolio)
+        self.portfolio = PortfolioLayer(self.n_assets, self.cov_rank, spec.portfolio)
         self.to(device)
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: str = "cpu") -> "XLSTMPortfolio":
+        """The model of a run config (its model, data-shape, portfolio and precision slice)."""
+        return cls(ModelSpec.of(cfg), device)
 
     def predict_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moments without the portfolio solve.

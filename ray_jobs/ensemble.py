@@ -68,11 +68,11 @@ def seeds_at_once(cfg: Config) -> int:
 
     if cfg.ensemble.max_concurrent:
         return cfg.ensemble.max_concurrent
-    tr = cfg.training
+    res = cfg.resources
     resources = ray.cluster_resources()
-    fit = int(resources.get("CPU", 0.0) // (tr.num_workers * tr.cpus_per_worker + 1))
-    if tr.device == "cuda":
-        fit = min(fit, int(resources.get("GPU", 0.0) / (tr.num_workers * tr.gpus_per_worker) + 1e-9))
+    fit = int(resources.get("CPU", 0.0) // (res.num_workers * res.cpus_per_worker + 1))
+    if cfg.training.device == "cuda":
+        fit = min(fit, int(resources.get("GPU", 0.0) / (res.num_workers * res.gpus_per_worker) + 1e-9))
     at_once = max(1, fit)
     print(f"seeds at once: {at_once} (cluster {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU)")
     return at_once

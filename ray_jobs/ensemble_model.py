@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_model
-from core.config import Config
+from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
 from model.network import solve_device
 from model.portfolio import PortfolioLayer
@@ -71,7 +71,7 @@ class Ensemble:
                     f"seed {seed} was trained on other data ({payload['data_fingerprint'][:12]} vs "
                     f"{first['data_fingerprint'][:12]}): an ensemble needs one panel."
                 )
-        cfg = next(iter(members.values())).cfg
+        cfg = stored_config(first["config"], "the first member's stored config")
         return cls(members, cfg, first["normalizer"], first["data_fingerprint"], torch.device(device))
 
     @property

@@ -97,7 +97,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     prepared = prepare(cfg, loop_config.get("panel_path"))
     source = prepared.window_source(device)
     seed_everything(seed)  # before the model is built: same init on every rank
-    model = XLSTMPortfolio(cfg, device=device.type).to(device)
+    model = XLSTMPortfolio.from_config(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(cfg, model, optimizer, scheduler, device, run_dir, rank)
     fwd = model

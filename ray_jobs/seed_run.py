@@ -83,7 +83,7 @@ def check_cluster_devices(cfg: Config) -> None:
     tr = cfg.training
     if tr.device == "cuda":
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        need = tr.gpus_per_worker * tr.num_workers
+        need = cfg.resources.gpus_per_worker * cfg.resources.num_workers
         if gpus < need:
             raise DeviceError(
                 f"training.device = 'cuda' needs {need} GPU(s) per seed but the Ray cluster has {gpus}. "
@@ -111,16 +111,17 @@ def build_trainer(
     name = seed_run_name(seed)
     run_dir = Path(storage_path).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    resources = {"CPU": tr.cpus_per_worker}
+    res = cfg.resources
+    resources = {"CPU": res.cpus_per_worker}
     if tr.device == "cuda":
-        resources["GPU"] = tr.gpus_per_worker
+        resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "seed": seed, "run_dir": str(run_dir), "panel_path": panel_path,
                            "fail_after_epoch": fail_after_epoch, "nan_input_at": nan_input_at,
                            "n_train": len(train_indices)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=tr.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
+            num_workers=res.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -200,7 +200,7 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     if steps == 0:
         raise TrainingError(
             f"epoch {epoch}: this worker received no full batch of {per_worker} training windows; "
-            "lower training.batch_size or training.num_workers."
+            "lower training.batch_size or resources.num_workers."
         )
     return EpochStats(
         **{k: v / steps for k, v in sums.items()}, gradient_norm=float(np.mean(norms)),

@@ -46,7 +46,7 @@ def _unavailable_device() -> list[str]:
 
     if not torch.backends.mps.is_available():
         return ["training.device=mps"]
-    return ["training.device=cuda", "training.gpus_per_worker=1"]  # a Mac: MPS yes, CUDA no
+    return ["training.device=cuda", "resources.gpus_per_worker=1"]  # a Mac: MPS yes, CUDA no
 
 
 # (case id, --set overrides on the small smoke config, the key the message must name)

@@ -10,6 +10,7 @@ import torch
 from model.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from core.config import load_config
 from core.errors import CheckpointError
+from model.spec import ModelSpec
 from model.network import XLSTMPortfolio
 from model.slstm_fast import slstm_cells
 
@@ -24,7 +25,7 @@ SMALL = [
 def trained_model(cfg, seed: int = 0) -> XLSTMPortfolio:
     """A model whose sLSTM recurrent kernels are non-zero (upstream initialises them to zero)."""
     torch.manual_seed(seed)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     with torch.no_grad():
         for cell in slstm_cells(model).values():
             cell._recurrent_kernel_.normal_(0, 0.2)
@@ -63,7 +64,7 @@ def test_saved_and_reloaded_model_gives_identical_outputs(tmp_path):
     assert raw["optimizer"]["state"][0]["step"] == extra["optimizer"]["state"][0]["step"]
 
     loaded, payload = load_model(path, device="cpu")
-    assert not loaded.training and loaded.cfg == cfg
+    assert not loaded.training and loaded.spec == ModelSpec.of(cfg)
     model.eval()
     x = windows()
     with torch.no_grad():
@@ -85,13 +86,13 @@ def test_a_cuda_run_checkpoint_loads_on_cpu(tmp_path):
         CONFIGS / "model_config_h100_full.yaml",
         SMALL + ["model.encoder.num_layers=2", "model.encoder.cell_types=[sLSTM,mLSTM]",
                  "model.encoder.dropout=[0.1,0.2]", "training.device=cpu", "training.precision=float32",
-                 "training.compile=false", "training.gpus_per_worker=0"],
+                 "training.compile=false", "resources.gpus_per_worker=0"],
     )
     model = trained_model(cpu_cfg)  # stands in for the cuda-trained model: weights are backend-neutral
     path = save_checkpoint(tmp_path / "h100.pt", model, full)
     loaded, payload = load_model(path, device="cpu")
     assert payload["config"]["training"]["device"] == "cuda"  # the stored config is untouched
-    assert loaded.cfg.training.device == "cpu" and loaded.encoder.slstm_backend == "fast"
+    assert loaded.spec.precision == "float32" and loaded.encoder.slstm_backend == "fast"
     x = windows()
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().predict_moments(x), model.eval().predict_moments(x), rtol=0, atol=0)
@@ -99,7 +100,7 @@ def test_a_cuda_run_checkpoint_loads_on_cpu(tmp_path):
 
 def test_refuses_values_weights_only_loading_cannot_read(tmp_path):
     cfg = load_config(CONFIGS / "model_config_cpu_smoke.yaml", SMALL)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     with pytest.raises(CheckpointError, match=r"checkpoint\['metrics'\]\['val_sharpe'\] is a numpy.float64"):
         save_checkpoint(tmp_path / "a.pt", model, cfg, metrics={"val_sharpe": np.float64(0.3)})
     with pytest.raises(CheckpointError, match="reserved checkpoint keys"):
@@ -114,7 +115,7 @@ def test_load_refuses_missing_corrupt_and_unknown_files(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     cfg = load_config(CONFIGS / "model_config_cpu_smoke.yaml", SMALL)
-    good = save_checkpoint(tmp_path / "good.pt", XLSTMPortfolio(cfg), cfg)
+    good = save_checkpoint(tmp_path / "good.pt", XLSTMPortfolio.from_config(cfg), cfg)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt or not a weights-only checkpoint"):

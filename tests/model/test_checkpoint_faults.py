@@ -52,7 +52,7 @@ class _FullDisk(io.FileIO):
 
 def test_full_disk_keeps_the_previous_latest_and_leaves_no_partial_file(tmp_path, monkeypatch):
     cfg = _cfg()
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     latest = _save(tmp_path / LATEST, model, cfg, epoch=1)
     before = _digest(latest)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_unwritable_folder_is_a_checkpoint_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*a_file/latest\.pt: \[Errno \d+\]"):
-        _save(blocker / LATEST, XLSTMPortfolio(cfg), cfg, epoch=1)
+        _save(blocker / LATEST, XLSTMPortfolio.from_config(cfg), cfg, epoch=1)
 
 
 def _ray_copy(run_dir: Path, name: str, source: Path) -> Path:
@@ -84,7 +84,7 @@ def _ray_copy(run_dir: Path, name: str, source: Path) -> Path:
 
 def test_resume_skips_corrupt_checkpoints_and_takes_the_newest_good_one(tmp_path, capsys):
     cfg = _cfg()
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     latest = _save(tmp_path / LATEST, model, cfg, epoch=1)
     first = _ray_copy(tmp_path, "checkpoint_2026-11-25_10-00-00.000001", latest)
     _save(latest, model, cfg, epoch=2, best_epoch=1)
@@ -112,7 +112,7 @@ def test_resume_skips_corrupt_checkpoints_and_takes_the_newest_good_one(tmp_path
 def test_no_checkpoint_is_a_fresh_start_and_another_config_is_refused(tmp_path):
     cfg = _cfg()
     assert newest_good_checkpoint(tmp_path, cfg, "cpu") == (None, None)
-    _save(tmp_path / LATEST, XLSTMPortfolio(cfg), cfg, epoch=1)
+    _save(tmp_path / LATEST, XLSTMPortfolio.from_config(cfg), cfg, epoch=1)
     with pytest.raises(TrainingError, match=r"latest\.pt belongs to an interrupted run of this seed with a different config"):
         newest_good_checkpoint(tmp_path, _cfg("training.learning_rate=0.5"), "cpu")
 

@@ -12,6 +12,7 @@ from xlstm.blocks.slstm.block import sLSTMBlock
 from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla
 
 from core.config import load_config
+from model.spec import ModelSpec
 from model.encoder import XLSTMEncoder
 from core.errors import DeviceError
 from core.errors import ShapeError
@@ -33,7 +34,7 @@ def small_config(path: Path = MAC, *overrides: str):
     """A shipped config shrunk to CPU test sizes; the layer list and dropouts stay as shipped."""
     base = [
         "training.device=cpu", "training.precision=float32", "training.compile=false",
-        "training.gpus_per_worker=0", f"data.lookback_days={LOOKBACK}", f"data.num_factors={N_FACTORS}",
+        "resources.gpus_per_worker=0", f"data.lookback_days={LOOKBACK}", f"data.num_factors={N_FACTORS}",
         "portfolio.max_weight=0.5", "portfolio.solver=torch", "model.encoder.hidden_dim=32",
         "model.heads.cov_rank=2", "model.encoder.patch_days=5", "model.encoder.activation_checkpointing=false",
     ]
@@ -60,7 +61,7 @@ def test_encoder_shapes_and_per_layer_dropout(path):
     cfg = small_config(path)
     enc_cfg = cfg.model.encoder
     torch.manual_seed(0)
-    encoder = XLSTMEncoder(cfg, "cpu")
+    encoder = XLSTMEncoder(ModelSpec.of(cfg), "cpu")
     assert encoder(windows()).shape == (3, N_FACTORS, 32)  # factorwise: one summary per factor
     assert encoder(windows(length=10)).shape == (3, N_FACTORS, 32)  # shorter than the lookback works
     with pytest.raises(ShapeError, match="window length 7 must be a multiple of model.encoder.patch_days = 5"):
@@ -75,7 +76,7 @@ def test_encoder_shapes_and_per_layer_dropout(path):
 
 
 def test_panel_layout_gives_one_summary_per_window():
-    encoder = XLSTMEncoder(small_config(MAC, "model.encoder.layout=panel"), "cpu")
+    encoder = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.layout=panel")), "cpu")
     assert encoder(windows()).shape == (3, 32)
     assert encoder(windows(length=7)).shape == (3, 32)
     assert encoder.input_proj.in_features == N_FACTORS * N_FEATURES
@@ -85,7 +86,7 @@ def test_factorwise_encoder_shares_weights_across_factors():
     """Permuting the factors of the input permutes the summaries the same way (one shared rule),
     and each factor's summary depends on the other factors only through the market mean."""
     torch.manual_seed(0)
-    encoder = XLSTMEncoder(small_config(MAC), "cpu").eval()
+    encoder = XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu").eval()
     assert encoder.input_proj.in_features == 5 * N_FEATURES  # a patch of one factor, not the panel
     x = windows(batch=2, seed=1)
     perm = torch.tensor([3, 0, 4, 1, 2])
@@ -99,7 +100,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     results = []
     for flag in ("false", "true"):
         torch.manual_seed(0)
-        encoder = XLSTMEncoder(small_config(MAC, f"model.encoder.activation_checkpointing={flag}"), "cpu").train()
+        encoder = XLSTMEncoder(ModelSpec.of(small_config(MAC, f"model.encoder.activation_checkpointing={flag}")), "cpu").train()
         torch.manual_seed(1)  # same dropout masks: checkpointing replays the RNG state
         out = encoder(windows(batch=2, seed=2))
         out.square().sum().backward()
@@ -113,7 +114,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
 def test_dropout_is_active_in_train_mode_only():
     cfg = small_config(MAC, "model.encoder.dropout=[0.5,0.5]")
     torch.manual_seed(0)
-    encoder = XLSTMEncoder(cfg, "cpu")
+    encoder = XLSTMEncoder(ModelSpec.of(cfg), "cpu")
     x = windows()
     encoder.train()
     assert not torch.allclose(encoder(x), encoder(x))
@@ -122,7 +123,7 @@ def test_dropout_is_active_in_train_mode_only():
 
 
 def test_encoder_rejects_bad_windows():
-    encoder = XLSTMEncoder(small_config(), "cpu")
+    encoder = XLSTMEncoder(ModelSpec.of(small_config()), "cpu")
     with pytest.raises(ShapeError, match=r"expected shape \(B, \*, 5, 9\), got \(3, 20, 4, 9\)"):
         encoder(torch.zeros(3, LOOKBACK, 4, N_FEATURES))
     with pytest.raises(ShapeError, match="window length 21"):
@@ -131,20 +132,20 @@ def test_encoder_rejects_bad_windows():
 
 def test_backend_is_chosen_from_the_device_and_logged(caplog):
     with caplog.at_level(logging.INFO, logger="model.encoder"):
-        auto = XLSTMEncoder(small_config(MAC, "model.encoder.slstm_backend=auto"), "cpu")
+        auto = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.slstm_backend=auto")), "cpu")
     assert "sLSTM backend fast (requested auto, device cpu)" in caplog.text
     assert auto.slstm_backend == "fast"
     assert all(type(c) is FastsLSTMCell for c in slstm_cells(auto).values())
-    vanilla = XLSTMEncoder(small_config(MAC, "model.encoder.slstm_backend=vanilla"), "cpu")
+    vanilla = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.slstm_backend=vanilla")), "cpu")
     assert all(type(c) is sLSTMCell_vanilla for c in slstm_cells(vanilla).values())
     with pytest.raises(DeviceError, match="slstm_backend = 'cuda' needs a cuda device"):
-        XLSTMEncoder(small_config(MAC, "model.encoder.slstm_backend=cuda"), "cpu")
+        XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.slstm_backend=cuda")), "cpu")
 
 
 def test_fast_slstm_matches_upstream_vanilla_outputs_and_grads():
     cfg = small_config(MAC, "model.encoder.slstm_backend=vanilla", "model.encoder.hidden_dim=64")
     torch.manual_seed(1)
-    upstream = XLSTMEncoder(cfg, "cpu").eval()
+    upstream = XLSTMEncoder(ModelSpec.of(cfg), "cpu").eval()
     randomise_slstm(upstream, seed=2)
     fast = copy.deepcopy(upstream)
     assert use_fast_slstm(fast) == 1 and type(fast.stack.blocks[0].xlstm.slstm_cell) is FastsLSTMCell
@@ -170,7 +171,7 @@ def test_fast_slstm_matches_upstream_vanilla_outputs_and_grads():
 
 
 def test_fast_slstm_refuses_another_xlstm_version(monkeypatch):
-    encoder = XLSTMEncoder(small_config(MAC, "model.encoder.slstm_backend=vanilla"), "cpu")
+    encoder = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.slstm_backend=vanilla")), "cpu")
     monkeypatch.setattr(xlstm, "__version__", "2.0.7")
     with pytest.raises(XlstmVersionError, match=r"checked against xlstm==2\.0\.6 but xlstm 2\.0\.7"):
         use_fast_slstm(encoder)
@@ -213,7 +214,7 @@ def vanilla_preactivations(r_van: torch.Tensor, b_van: torch.Tensor, y: torch.Te
 def test_neutral_weights_round_trip_through_the_cuda_layout():
     cfg = small_config(MAC, "model.encoder.hidden_dim=64")
     torch.manual_seed(4)
-    source = XLSTMEncoder(cfg, "cpu").eval()
+    source = XLSTMEncoder(ModelSpec.of(cfg), "cpu").eval()
     randomise_slstm(source, seed=5)
     neutral = neutral_state_dict(source)
     prefix = "stack.blocks.0.xlstm.slstm_cell."
@@ -221,7 +222,7 @@ def test_neutral_weights_round_trip_through_the_cuda_layout():
     assert neutral[prefix + "recurrent_kernel"].shape == (4, 16, 4, 16)  # (NH, DH_in, G, DH_out)
     assert neutral[prefix + "bias"].shape == (4, 4, 16)  # (NH, G, DH)
 
-    cuda_model = cuda_layout_copy(XLSTMEncoder(cfg, "cpu"))
+    cuda_model = cuda_layout_copy(XLSTMEncoder(ModelSpec.of(cfg), "cpu"))
     load_neutral_state_dict(cuda_model, neutral)
     cell = cuda_model.stack.blocks[0].xlstm.slstm_cell
     assert type(cell) is sLSTMCell_cuda and cell._recurrent_kernel_.shape == (4, 16, 64)
@@ -243,6 +244,6 @@ def test_neutral_weights_round_trip_through_the_cuda_layout():
     assert all(torch.equal(back[k], neutral[k]) for k in neutral)
     x = windows(seed=7)
     for backend in ("vanilla", "fast"):
-        target = XLSTMEncoder(small_config(MAC, "model.encoder.hidden_dim=64", f"model.encoder.slstm_backend={backend}"), "cpu")
+        target = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.hidden_dim=64", f"model.encoder.slstm_backend={backend}")), "cpu")
         load_neutral_state_dict(target, back)
         torch.testing.assert_close(target.eval()(x), source(x), rtol=0, atol=1e-6)

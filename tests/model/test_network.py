@@ -58,7 +58,7 @@ def test_heads_stay_float32_under_bf16_autocast():
 
 def test_forward_shapes_dtypes_and_budget():
     torch.manual_seed(2)
-    model = XLSTMPortfolio(small_config()).eval()
+    model = XLSTMPortfolio.from_config(small_config()).eval()
     x = windows()
     out = model(x)
     assert isinstance(out, ModelOutput)
@@ -75,7 +75,7 @@ def test_forward_shapes_dtypes_and_budget():
 
 
 def test_forward_rejects_bad_shapes():
-    model = XLSTMPortfolio(small_config())
+    model = XLSTMPortfolio.from_config(small_config())
     with pytest.raises(ShapeError, match=r"w_prev: expected shape \(4, 5\), got \(4, 4\)"):
         model(windows(), torch.full((4, 4), 0.25, dtype=torch.float64))
     with pytest.raises(ShapeError, match=r"x: expected shape \(B, \*, 5, 9\), got \(4, 20, 5\)"):
@@ -86,7 +86,7 @@ def test_sharpe_gradient_reaches_the_input_projection_through_the_solver():
     # Interior solution (high risk aversion, no cost kink at w_prev): the weights depend smoothly on mu.
     cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
     torch.manual_seed(3)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     x = windows(batch=8, seed=4)
     r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
     out = model(x)

@@ -49,7 +49,7 @@ def term_gradient_norms(cfg, model, source, idx, scales=None) -> dict[str, float
 def test_gradient_scaling_brings_every_term_to_order_one(setup):
     cfg, prep, source = setup
     torch.manual_seed(0)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     scales = gradient_scales(cfg, model, source, prep.splits.train, seed=0)
     # Unscaled, the Sharpe term's gradient dwarfs the return MSE's (it reaches the weights through
     # Sigma^-1); that is what the scaling is for.
@@ -65,7 +65,7 @@ def test_gradient_scaling_brings_every_term_to_order_one(setup):
 def test_a_short_run_learns_a_positive_return_ic_on_train(setup):
     cfg, prep, source = setup
     torch.manual_seed(1)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     optimizer, _ = make_optimizer(model, cfg)
     scales = gradient_scales(cfg, model, source, prep.splits.train, seed=1)
     rng = np.random.default_rng(1)

@@ -124,7 +124,7 @@ def _one_step_setup(batch: int = 4):
 
     cfg = load_config(SMOKE)
     torch.manual_seed(0)
-    model = XLSTMPortfolio(cfg)
+    model = XLSTMPortfolio.from_config(cfg)
     optimizer, _ = make_optimizer(model, cfg)
     n, f, lb, h = cfg.data.num_factors, cfg.data.num_features, cfg.data.lookback_days, cfg.data.prediction_horizon
     x = torch.randn(batch, lb, n, f)
@@ -164,7 +164,7 @@ def test_two_workers_train_one_seed_data_parallel(ray_cluster, tmp_path):
     from model.checkpoint import load_model
     from ray_jobs.seed_run import train_one_seed
 
-    cfg = load_config(SMOKE, ["training.max_epochs=1", "training.num_workers=2", "training.steps_per_epoch=4"])
+    cfg = load_config(SMOKE, ["training.max_epochs=1", "resources.num_workers=2", "training.steps_per_epoch=4"])
     info, _ = train_one_seed(cfg, 5, tmp_path)
     (epoch,) = read_history(tmp_path / "seed_5")
     assert info["epochs_run"] == 1
