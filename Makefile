@@ -33,7 +33,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The layers first (a second; pyproject.toml's [tool.importlinter]), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(PY) -m pytest tests
 
 demo: $(STAMP)

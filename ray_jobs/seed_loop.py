@@ -336,7 +336,7 @@ def record_failure(run_dir: Path, exc: PortfolioTrainerError) -> None:
 
 def read_failure(run_dir: Path) -> PortfolioTrainerError | None:
     """The recorded failure of this seed as its typed exception, or None."""
-    from model import errors
+    from core import errors
 
     path = Path(run_dir) / FAILED
     if not path.exists():
