@@ -28,7 +28,9 @@ import torch
 
 from core.config import PortfolioConfig
 from core.errors import SolverError
-from model.portfolio import PortfolioLayer, check_solution, solve_reference
+from portfolio.constraints import check_solution
+from portfolio.cvx import solve_reference
+from portfolio.layer import PortfolioLayer
 
 BACKENDS = ["cvxpylayers/ECOS", "cvxpylayers/Clarabel", "cvxpylayers/SCS-default", "cvxpylayers/SCS", "torch"]
 

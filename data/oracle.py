@@ -35,6 +35,8 @@ from data.windows import PreparedData, horizon_returns, prepare
 from core.cli import config_parser, run_cli
 from core.config import Config, PortfolioConfig, load_config
 from core.errors import DataError, SolverError
+from portfolio.constraints import check_solution
+from portfolio.cvx import build_problem
 
 
 @dataclass(frozen=True)
@@ -51,40 +53,25 @@ class PolicyResult:
 class MeanVarianceProblem:
     """The portfolio problem as a parameterised cvxpy problem, reused across dates.
 
-    Sigma = L L^T + diag(sd^2) with L (N, K): a factor form keeps the problem DPP and small.
+    The training problem itself (:func:`portfolio.cvx.build_problem`: the same objective and
+    constraints), with Sigma = L L^T + diag(sd^2), L (N, K): a factor form keeps it DPP and small.
     """
 
     def __init__(self, n_factors: int, rank: int, pf: PortfolioConfig):
         self.pf = pf
-        self.w = cp.Variable(n_factors)
-        self.mu, self.w_prev = cp.Parameter(n_factors), cp.Parameter(n_factors)
-        self.factor, self.sd = cp.Parameter((n_factors, rank)), cp.Parameter(n_factors, nonneg=True)
-        risk = cp.sum_squares(self.factor.T @ self.w) + cp.sum_squares(cp.multiply(self.sd, self.w))
-        objective = self.mu @ self.w - pf.risk_aversion * risk - pf.tc_rate * cp.norm1(self.w - self.w_prev)
-        cons = [cp.sum(self.w) == 1]
-        if pf.constraint == "long_only":
-            cons.append(self.w >= 0)
-            if pf.max_weight is not None:
-                cons.append(self.w <= pf.max_weight)
-        else:
-            cons.append(cp.norm1(self.w) <= pf.leverage)
-        self.problem = cp.Problem(cp.Maximize(objective), cons)
+        self.problem, self.params, self.w = build_problem(
+            n_factors, rank, pf.constraint, pf.max_weight, pf.leverage, pf.risk_aversion, pf.tc_rate, prev_param=True
+        )
 
     def solve(self, mu: np.ndarray, factor: np.ndarray, sd: np.ndarray, w_prev: np.ndarray) -> np.ndarray:
         """Optimal weights (N,) for mu (N,), factor (N, K), sd (N,), w_prev (N,).  Checked feasible."""
-        self.mu.value, self.factor.value, self.sd.value, self.w_prev.value = mu, factor, sd, w_prev
+        for param, value in zip(self.params, (mu, factor, sd, w_prev)):
+            param.value = value
         self.problem.solve(solver=cp.CLARABEL)
         if self.problem.status != cp.OPTIMAL or self.w.value is None:
             raise SolverError(f"oracle problem status {self.problem.status!r} (Clarabel); expected 'optimal'.")
         w = np.asarray(self.w.value, dtype=np.float64)
-        tol, pf = self.pf.feasibility_tol, self.pf
-        bad = abs(w.sum() - 1) > tol
-        if pf.constraint == "long_only":
-            bad |= w.min() < -tol or (pf.max_weight is not None and w.max() > pf.max_weight + tol)
-        else:
-            bad |= np.abs(w).sum() > pf.leverage + tol
-        if bad:
-            raise SolverError(f"oracle weights break the constraints by more than {tol} (sum {w.sum():.6f}).")
+        check_solution(w, w_prev, self.pf, backend="oracle problem (Clarabel)")
         return w
 
 

@@ -19,8 +19,8 @@ from torch import nn
 from core.config import Config
 from model.encoder import XLSTMEncoder
 from model.heads import FactorHeads, MomentHeads, check_shape
-from model.portfolio import PortfolioLayer
 from model.spec import ModelSpec
+from portfolio.layer import PortfolioLayer
 
 
 def solve_device(device: torch.device) -> torch.device:

@@ -36,6 +36,7 @@ import pandas as pd
 from data import horizon_returns
 from data.scoring import sharpe_standard_error
 from core.errors import ConfigError, DataError, PortfolioTrainerError
+from portfolio.constraints import describe, infeasibility
 from ray_jobs.cli import CliParser, run_cli
 from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
 from ray_jobs.inference import EnsembleInputs
@@ -69,7 +70,7 @@ def _check_history(indices: np.ndarray) -> None:
 
 def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
     """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
-    from model.portfolio import solve_reference
+    from portfolio.cvx import solve_reference
 
     _check_history(indices)
     n = returns.shape[1]
@@ -103,11 +104,9 @@ def cap_weights(weights: np.ndarray, max_weight: float) -> np.ndarray:
     np.ndarray, float64, (N,)
     """
     w = np.asarray(weights, dtype=np.float64)
-    if len(w) * max_weight < 1 - 1e-12:
-        raise ConfigError(
-            f"portfolio.max_weight = {max_weight} with {len(w)} assets cannot sum to 1; "
-            f"set max_weight >= {1 / len(w):.6g}."
-        )
+    reason = infeasibility(True, max_weight, 1.0, len(w))
+    if reason is not None:
+        raise ConfigError(reason)
     capped = np.zeros(len(w), dtype=bool)
     out = np.empty_like(w)
     while True:  # each pass caps >= 1 more weight, so at most N + 1 passes
@@ -242,14 +241,6 @@ Every policy decides from data up to its decision date only and trades from its 
 """
 
 
-def constraint_text(pf) -> str:
-    """The portfolio constraint as the report states it: max weight (long_only) or leverage (long_short)."""
-    if pf.constraint == "long_only":
-        bound = "none" if pf.max_weight is None else f"{pf.max_weight:g}"
-        return f"long_only (max weight {bound})"
-    return f"long_short (leverage {pf.leverage:g})"
-
-
 def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
     from ray_jobs.analyze import to_markdown
 
@@ -258,7 +249,7 @@ def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: Ensem
     text = [
         f"# Backtest of {Path(experiment).name}\n",
         f"Test split {dates[0]} .. {dates[-1]}: {len(idx)} rebalances every {inputs.horizon} days; "
-        f"constraint {constraint_text(pf)}; cost {pf.tc_rate} per unit traded; "
+        f"constraint {describe(pf)}; cost {pf.tc_rate} per unit traded; "
         f"ensemble of seeds {inputs.ensemble.seeds}.\n",
         to_markdown(table.round(4)),
         REPORT_NOTES,

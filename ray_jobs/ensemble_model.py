@@ -26,7 +26,7 @@ from model.checkpoint import load_model
 from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
 from model.network import solve_device
-from model.portfolio import PortfolioLayer
+from portfolio.layer import PortfolioLayer
 from ray_jobs.ensemble import SEEDS_DIR
 from ray_jobs.evaluation import chain_solves
 from ray_jobs.seed_run import FINISHED

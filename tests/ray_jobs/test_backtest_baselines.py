@@ -21,9 +21,9 @@ from data.splits import rebalance_indices
 from data.windows import horizon_returns
 from core.config import PortfolioConfig
 from core.errors import ConfigError, DataError, PortfolioTrainerError
-from model.portfolio import solve_full_cov
+from portfolio.cvx import solve_full_cov
 from panel_helpers import make_returns, small_cfg
-from ray_jobs.backtest import ESTIMATION_DAYS, cap_weights, constraint_text, inverse_volatility_weights
+from ray_jobs.backtest import ESTIMATION_DAYS, cap_weights, inverse_volatility_weights
 
 MAX_WEIGHT = 0.25  # binds on the 6-factor panel (1/N = 0.167)
 
@@ -105,13 +105,8 @@ def test_cap_weights_matches_root_finding_and_refuses_an_impossible_cap():
         got = cap_weights(v, cap)
         np.testing.assert_allclose(got, _capped_reference(v, cap), atol=1e-12)
         assert got.sum() == pytest.approx(1.0, abs=1e-12) and got.max() <= cap + 1e-12
-    with pytest.raises(ConfigError, match=r"max_weight = 0.05 with 10 assets .* set max_weight >= 0.1"):
+    with pytest.raises(ConfigError, match=r"max_weight = 0.05 with n_assets = 10 .* portfolio.max_weight >= 0.1"):
         cap_weights(v, 0.05)
-
-
-def test_report_states_max_weight_for_long_only_and_leverage_for_long_short():
-    assert constraint_text(PortfolioConfig(constraint="long_only", max_weight=0.1)) == "long_only (max weight 0.1)"
-    assert constraint_text(PortfolioConfig(constraint="long_short", leverage=2.0)) == "long_short (leverage 2)"
 
 
 # --- probe ----------------------------------------------------------------------------------

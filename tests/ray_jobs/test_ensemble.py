@@ -68,7 +68,7 @@ def test_analysis_agrees_with_trial_metrics(experiment, tmp_path):
 
 def test_ensemble_weights_follow_the_combination_rule(experiment):
     """Mean mu and mean Sigma of the members, solved once: checked against cvxpy with full Sigma."""
-    from model.portfolio import solve_full_cov
+    from portfolio.cvx import solve_full_cov
     from ray_jobs.inference import EnsembleInputs
 
     inputs = EnsembleInputs.load(experiment, None, "cpu")
@@ -93,7 +93,7 @@ def test_ensemble_weights_follow_the_combination_rule(experiment):
 def test_default_ensemble_holds_the_mean_of_the_members_portfolios(experiment):
     """ensemble.combine = weights: the mean of each member's own chained solves, each checked
     against cvxpy on that member's own mu and Sigma; the mean stays feasible."""
-    from model.portfolio import solve_full_cov
+    from portfolio.cvx import solve_full_cov
     from ray_jobs.inference import EnsembleInputs
 
     inputs = EnsembleInputs.load(experiment, None, "cpu")

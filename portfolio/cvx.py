@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.errors import SolverError
+from portfolio.constraints import cvxpy_constraints
 
 SOLVER_ARGS = {
     # Measured on random n=104 problems against the exact torch solve (docs/portfolio.md).
@@ -30,7 +31,7 @@ SOLVER_ARGS = {
 
 
 def build_problem(n_assets: int, cov_rank: int, constraint: str, max_weight, leverage: float,
-                  risk_aversion: float, tc_rate: float, tc_param: bool = False):
+                  risk_aversion: float, tc_rate: float, tc_param: bool = False, prev_param: bool = False):
     """The parametrised DPP problem.
 
     Returns
@@ -38,7 +39,9 @@ def build_problem(n_assets: int, cov_rank: int, constraint: str, max_weight, lev
     problem : cp.Problem
     params : list of cp.Parameter  [mu (n,), cov_factor (n, k), sqrt_diag (n,), w_prev (n,)];
         w_prev only when tc_rate > 0 (an unused parameter is not allowed by cvxpylayers);
-        with tc_param: [..., cost * w_prev (n,), cost ()] instead of w_prev and the constant tc_rate.
+        with tc_param: [..., cost * w_prev (n,), cost ()] instead of w_prev and the constant tc_rate;
+        with prev_param: w_prev also when tc_rate = 0 (a cost term 0 * ||w - w_prev||_1, the
+        oracle's problem: the same cone program for every tc_rate).
     w : cp.Variable (n,)
     """
     n, k = n_assets, cov_rank
@@ -51,18 +54,11 @@ def build_problem(n_assets: int, cov_rank: int, constraint: str, max_weight, lev
         cost, cost_prev = cp.Parameter(nonneg=True), cp.Parameter(n)
         params += [cost_prev, cost]
         objective = objective - cp.norm1(cost * w - cost_prev)
-    elif tc_rate > 0:
+    elif tc_rate > 0 or prev_param:
         w_prev = cp.Parameter(n)
         params.append(w_prev)
         objective = objective - tc_rate * cp.norm1(w - w_prev)
-    constraints = [cp.sum(w) == 1]
-    if constraint == "long_only":
-        constraints.append(w >= 0)
-        if max_weight is not None:
-            constraints.append(w <= max_weight)
-    else:
-        constraints.append(cp.norm1(w) <= leverage)
-    problem = cp.Problem(cp.Maximize(objective), constraints)
+    problem = cp.Problem(cp.Maximize(objective), cvxpy_constraints(w, constraint, max_weight, leverage))
     if not problem.is_dpp():  # pragma: no cover - guards a future edit of the formulation
         raise SolverError("portfolio problem is not DPP; cvxpylayers cannot differentiate it (a bug).")
     return problem, params, w
@@ -224,14 +220,7 @@ def solve_full_cov(mu, sigma, w_prev, cfg, tol: float = 1e-10) -> np.ndarray:
         objective = mu_b[i] / s @ w - cfg.risk_aversion / s * cp.quad_form(w, cp.psd_wrap(cov))
         if cfg.tc_rate > 0:
             objective = objective - cfg.tc_rate / s * cp.norm1(w - prev_b[i])
-        constraints = [cp.sum(w) == 1]
-        if cfg.constraint == "long_only":
-            constraints.append(w >= 0)
-            if cfg.max_weight is not None:
-                constraints.append(w <= cfg.max_weight)
-        else:
-            constraints.append(cp.norm1(w) <= cfg.leverage)
-        problem = cp.Problem(cp.Maximize(objective), constraints)
+        problem = cp.Problem(cp.Maximize(objective), cvxpy_constraints(w, cfg.constraint, cfg.max_weight, cfg.leverage))
         _solve_checked(problem, i, "solve_full_cov", **_clarabel_tol(tol))
         out[i] = w.value
     return out[0] if single else out

@@ -15,10 +15,10 @@ import torch
 
 from core.errors import SolverError
 from core.config import PortfolioConfig
-from model.portfolio import solve_reference
-from model.qp_torch import QPSettings, solve_portfolio_qp
-from model.qp_torch_ipm import InteriorPoint
-from model.qp_torch_newton import DualNewton, scale_problem
+from portfolio.cvx import solve_reference
+from portfolio.torch_solver import QPSettings, solve_portfolio_qp
+from portfolio.ipm import InteriorPoint
+from portfolio.newton import DualNewton, scale_problem
 
 SETTINGS = {
     "long_only": QPSettings(long_only=True, max_weight=None, leverage=1.0, risk_aversion=2.0, tc_rate=0.0),

@@ -1,6 +1,6 @@
 """Batched primal-dual interior point for the portfolio QP (the robust stage of the torch backend).
 
-Per batch element, on the scaled problem of :mod:`model.qp_torch_newton`::
+Per batch element, on the scaled problem of :mod:`portfolio.newton`::
 
     minimise   0.5 w^T Q w - mu^T w + c * sum(t)
     subject to 1^T w = 1,
@@ -17,7 +17,7 @@ grows without bound when it binds).
 
 Mehrotra predictor-corrector from an infeasible start.  No python loop over the batch; elements
 that converge are stored and dropped.  The point is then polished on its active set and certified
-by :mod:`model.qp_torch_kkt`.  Lines are written for few, in-place torch calls: on CPU the memory
+by :mod:`portfolio.kkt`.  Lines are written for few, in-place torch calls: on CPU the memory
 traffic of fresh (B, n, J) tensors and the per-call overhead set the time, not the flops.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import SolverError
-from model.qp_torch_newton import QPSettings, Scaled, clone, put, take
+from portfolio.newton import QPSettings, Scaled, clone, put, take
 
 START = 0.1
 """Initial slacks and multipliers (scaled problem); 0.1 took ~15% fewer iterations than 1."""

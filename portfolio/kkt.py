@@ -1,7 +1,7 @@
 """Active-set polish and KKT certificate for the interior-point stage of the torch backend.
 
-Used for the elements the dual Newton stage (:mod:`model.qp_torch_newton`) does not certify.
-After the interior point (:mod:`model.qp_torch_ipm`) every asset is either *fixed* at a
+Used for the elements the dual Newton stage (:mod:`portfolio.newton`) does not certify.
+After the interior point (:mod:`portfolio.ipm`) every asset is either *fixed* at a
 breakpoint of its piecewise-linear cost (a bound 0 / max_weight, the no-trade kink w_prev, the
 leverage kink 0) or *free* on a linear piece with a known slope.  On that active set the
 optimum solves the equality-constrained QP ("active KKT system")::
@@ -13,7 +13,7 @@ with Q = F F^T + diag(d), r = mu - c * slope - Q a, E = [1; sign(w) if the lever
 The polished w is exact to rounding; it is accepted only with a KKT certificate (primal
 feasibility + every g_i = mu_i - (Q w)_i - lambda inside the subdifferential of asset i's cost).
 A wrong guess of the interior point's active set is corrected by primal active-set steps.
-:func:`solve_active_kkt` is also the linear solve of the backward pass (:mod:`model.qp_torch`).
+:func:`solve_active_kkt` is also the linear solve of the backward pass (:mod:`portfolio.torch_solver`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import SolverError
-from model.qp_torch_ipm import InteriorPoint, IPMState
-from model.qp_torch_newton import clone, put, take
+from portfolio.constraints import held_by_bound
+from portfolio.ipm import InteriorPoint, IPMState
+from portfolio.newton import clone, put, take
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
@@ -273,9 +274,7 @@ def step(ipm: InteriorPoint, S: IPMState, A: ActiveSet, w_cur: torch.Tensor, gre
     slope, sign = _free_towards(ipm, A, go_right, go_left)
     free = (A.free & ~hit) | go_right | go_left
     value = torch.where(free, 0.0, value)
-    hard = torch.zeros_like(free)
-    if st.long_only:
-        hard = (value == 0) | ((value == st.max_weight) if st.max_weight is not None else hard)
+    hard = held_by_bound(value, st.long_only, st.max_weight)
     at_prev = ~free & lay.tc & (value == p.w_prev) & ~hard
     slope = torch.where(free, slope, 0.0)
     sign = torch.where(free, sign, torch.sign(value))

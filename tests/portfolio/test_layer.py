@@ -1,8 +1,9 @@
 """PortfolioLayer: both backends against cvxpy + Clarabel solved directly, feasibility, failures.
 
-The reference is model.portfolio.solve_reference (Clarabel on the same problem, objective
+The reference is portfolio.cvx.solve_reference (Clarabel on the same problem, objective
 scaled, tol 1e-12; it agrees with the exact torch solve to ~1e-8).  Backend-specific gradient
-checks against finite differences are in test_portfolio_torch.py.
+checks against finite differences are in test_torch_solver.py; the solution check in
+test_constraints.py.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 from core.config import PortfolioConfig
-from core.errors import ConfigError, SolverError
-from model.portfolio import PortfolioLayer, check_solution, solve_full_cov, solve_reference
-from model.portfolio_cvx import CvxpyBackend
-from model.qp_torch import QPSettings, solve_portfolio_qp
+from core.errors import ShapeError, SolverError
+from portfolio.constraints import check_solution
+from portfolio.cvx import CvxpyBackend, solve_full_cov, solve_reference
+from portfolio.layer import PortfolioLayer
+from portfolio.torch_solver import QPSettings, solve_portfolio_qp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # cvxpylayers' numpy-2 notice
 
@@ -196,9 +198,9 @@ def test_non_finite_input_names_the_batch_element(solver):
 def test_shapes_are_checked():
     layer = PortfolioLayer(10, 2, PortfolioConfig(solver="torch"))
     mu, factor, diag, prev = random_problem(2, 10, 3, seed=0)
-    with pytest.raises(ConfigError, match=r"cov_factor has shape \(2, 10, 3\), expected \(B, 10, 2\)"):
+    with pytest.raises(ShapeError, match=r"cov_factor has shape \(2, 10, 3\), expected \(B, 10, 2\)"):
         layer(mu, factor, diag, prev)
-    with pytest.raises(ConfigError, match="add a batch dim"):
+    with pytest.raises(ShapeError, match="add a batch dim"):
         layer(mu[0], factor[0, :, :2], diag[0], prev[0])
 
 
@@ -217,25 +219,6 @@ def test_float32_inputs_give_float64_weights():
     inputs = [x.float() for x in random_problem(2, 10, 2, seed=0)]
     w = PortfolioLayer(10, 2, PortfolioConfig(solver="torch"))(*inputs)
     assert w.dtype == torch.float64 and w.device == inputs[0].device
-
-
-def test_check_solution_names_each_violation():
-    cfg = PortfolioConfig(max_weight=0.5, feasibility_tol=1e-6)
-    good = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
-    prev = np.full((2, 3), 1 / 3)
-    check_solution(good, prev, cfg)
-    cases = [
-        (np.array([[0.5, 0.3, 0.2], [np.nan, 0.5, 0.5]]), "batch element 1 .*not finite"),
-        (np.array([[0.5, 0.3, 0.2], [0.0, 0.0, 0.0]]), "batch element 1 .*all weights are ~0"),
-        (np.array([[0.5, 0.3, 0.3], [0.2, 0.3, 0.5]]), "batch element 0 .*budget violated: sum\\(w\\) = 1.1"),
-        (np.array([[0.5, 0.3, 0.2], [-0.1, 0.6, 0.5]]), "batch element 1 .*min\\(w\\) = -1.000e-01"),
-        (np.array([[0.6, 0.2, 0.2], [0.2, 0.3, 0.5]]), "batch element 0 .*max_weight violated"),
-    ]
-    for weights, pattern in cases:
-        with pytest.raises(SolverError, match=pattern):
-            check_solution(weights, prev, cfg)
-    with pytest.raises(SolverError, match="leverage violated: sum \\|w\\| = 2.2"):
-        check_solution(torch.tensor([1.6, -0.6, 0.0]), None, PortfolioConfig(constraint="long_short", leverage=2.0))
 
 
 @pytest.mark.parametrize("case", ["long_only_max_weight", "long_short"])

@@ -31,7 +31,7 @@ variances d are not small next to the factor variances, ~12 when they are 1% of 
 d -> 0 the dual's curvature 1/d grows, its pieces get dense and Newton crawls; such elements
 (median d below ``newton_min_ratio`` of the median factor variance, still far from the
 certificate at ``newton_checkpoint``, or not certified after ``newton_max_iter`` steps) are
-solved by the interior point (:mod:`model.qp_torch_ipm`) instead, which does not mind.
+solved by the interior point (:mod:`portfolio.ipm`) instead, which does not mind.
 """
 
 from __future__ import annotations

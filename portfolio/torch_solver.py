@@ -2,11 +2,11 @@
 
 Forward, all float64 torch on the inputs' device with no python loop over the batch:
 
-1. semismooth Newton on the (k + 2)-dimensional dual (:mod:`model.qp_torch_newton`) with an
+1. semismooth Newton on the (k + 2)-dimensional dual (:mod:`portfolio.newton`) with an
    exact line search; it stops on a KKT certificate (~1e-12), typically in 3-7 steps;
 2. elements it has not certified within its budget (tiny idiosyncratic variances make its dual
-   ill-conditioned) go to a primal-dual interior point (:mod:`model.qp_torch_ipm`) whose point
-   is polished on its active set and certified by :mod:`model.qp_torch_kkt`.
+   ill-conditioned) go to a primal-dual interior point (:mod:`portfolio.ipm`) whose point
+   is polished on its active set and certified by :mod:`portfolio.kkt`.
 
 Either way the weights are the certified optimum, never an approximation or a substitute.
 
@@ -35,12 +35,12 @@ import contextlib
 
 import torch
 
-from core.errors import SolverError
-from model.qp_torch_ipm import InteriorPoint
-from model.qp_torch_kkt import ActiveSet, solve_active_kkt, solve_exact
-from model.qp_torch_newton import DualNewton, Point, QPSettings, Scaled, put, scale_problem, take
+from portfolio.constraints import check_feasible, held_by_bound
+from portfolio.ipm import InteriorPoint
+from portfolio.kkt import ActiveSet, solve_active_kkt, solve_exact
+from portfolio.newton import DualNewton, Point, QPSettings, Scaled, put, scale_problem, take
 
-__all__ = ["QPSettings", "check_feasible", "solve_portfolio_qp"]
+__all__ = ["QPSettings", "single_thread", "solve_portfolio_qp"]
 
 
 @contextlib.contextmanager
@@ -62,21 +62,6 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
-def check_feasible(st: QPSettings, n_assets: int) -> None:
-    """Refuse constraint sets that no weights satisfy (before any solve)."""
-    if st.long_only and st.max_weight is not None and st.max_weight * n_assets < 1.0 - 1e-12:
-        raise SolverError(
-            f"portfolio problem is infeasible: max_weight = {st.max_weight} with n_assets = {n_assets}"
-            f" allows at most max_weight * n_assets = {st.max_weight * n_assets:.6g} < 1 in total, but the"
-            f" weights must sum to 1. Set portfolio.max_weight >= {1.0 / n_assets:.6g} (or null)."
-        )
-    if not st.long_only and st.leverage < 1.0:
-        raise SolverError(
-            f"portfolio problem is infeasible: leverage = {st.leverage} < 1, but sum |w| >= |sum w| = 1."
-            " Set portfolio.leverage >= 1."
-        )
-
-
 def active_set(p: Scaled, st: QPSettings, pt: Point) -> ActiveSet:
     """The active set of a certified dual point; fixed weights snapped to their exact breakpoint
     (the nearest of 0 (bound or |w| kink), w_prev and max_weight; ties to the first)."""
@@ -87,9 +72,7 @@ def active_set(p: Scaled, st: QPSettings, pt: Point) -> ActiveSet:
         nearer = gap < dist
         value, dist = torch.where(nearer, cand, value), torch.where(nearer, gap, dist)
     value = torch.where(fixed, value, 0.0)
-    hard = torch.zeros_like(fixed)  # a weight at a bound is held by the bound, not by w_prev
-    if st.long_only:
-        hard = (value == 0) | ((value == st.max_weight) if st.max_weight is not None else hard)
+    hard = held_by_bound(value, st.long_only, st.max_weight)
     at_prev = fixed & (value == p.w_prev) & ~hard & (st.tc_rate > 0)
     lev = pt.x[:, -1] > 0 if not st.long_only else torch.zeros_like(fixed[:, 0])  # nu > 0
     if not st.long_only:  # w = w_prev = 0: both kinks at 0; the steeper one holds the weight
@@ -200,5 +183,5 @@ def solve_portfolio_qp(mu, cov_factor, cov_diag, w_prev, st: QPSettings, prechec
     the KKT certificate is not reached; never returns an unverified point.
     """
     if precheck:
-        check_feasible(st, mu.shape[1])
+        check_feasible(st.long_only, st.max_weight, st.leverage, mu.shape[1])
     return _PortfolioQP.apply(mu, cov_factor, cov_diag, w_prev, st)

@@ -11,7 +11,7 @@ Per batch element the layer returns the exact maximiser of::
 - ``cvxpylayers``: the reference; diffcp with ECOS / Clarabel / SCS on the CPU.
 - ``torch``: an exact batched solve in float64 torch on the inputs' device (dual Newton, and
   an interior point + active-set polish where that is ill-conditioned) with an implicit-KKT
-  backward (:mod:`model.qp_torch`); 13-39x faster than cvxpylayers/ECOS (docs/portfolio.md).
+  backward (:mod:`portfolio.torch_solver`); 13-39x faster than cvxpylayers/ECOS (docs/portfolio.md).
 
 Every solution of either backend is checked (finite, not all zero, budget, bounds, leverage);
 a failed or infeasible solve raises :class:`SolverError` naming the batch element.  Nothing is
@@ -20,15 +20,15 @@ ever replaced by zeros or a fallback.  See docs/portfolio.md.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from core.config import PortfolioConfig
-from core.errors import ConfigError, SolverError
-from model.portfolio_cvx import CvxpyBackend, solve_full_cov, solve_reference
-from model.qp_torch import QPSettings, check_feasible, single_thread, solve_portfolio_qp
+from core.errors import ConfigError, ShapeError, SolverError
+from portfolio.constraints import check_feasible, check_solution
+from portfolio.cvx import CvxpyBackend
+from portfolio.torch_solver import QPSettings, single_thread, solve_portfolio_qp
 
-__all__ = ["PortfolioLayer", "check_solution", "solve_full_cov", "solve_reference"]
+__all__ = ["PortfolioLayer"]
 
 
 class PortfolioLayer(torch.nn.Module):
@@ -86,14 +86,14 @@ class PortfolioLayer(torch.nn.Module):
         For benchmarks that report how far a loose solver is from feasible; training code must
         call the layer itself.
         """
-        if self._cvx is not None:
-            self._check_inputs(mu, cov_factor, cov_diag, w_prev)
-            check_feasible(self.settings, self.n_assets)
-            return self._cvx(*[x.to(torch.float64) for x in (mu, cov_factor, cov_diag, w_prev)])
+        st = self.settings
         with single_thread():
             self._check_inputs(mu, cov_factor, cov_diag, w_prev)
-            check_feasible(self.settings, self.n_assets)
-            return solve_portfolio_qp(*[x.to(torch.float64) for x in (mu, cov_factor, cov_diag, w_prev)], self.settings)
+            check_feasible(st.long_only, st.max_weight, st.leverage, self.n_assets)
+        inputs = [x.to(torch.float64) for x in (mu, cov_factor, cov_diag, w_prev)]
+        if self._cvx is not None:
+            return self._cvx(*inputs)
+        return solve_portfolio_qp(*inputs, st, precheck=False)  # (single_thread: inside the solve)
 
     def _check_inputs(self, mu, cov_factor, cov_diag, w_prev) -> None:
         n, k = self.n_assets, self.cov_rank
@@ -102,7 +102,7 @@ class PortfolioLayer(torch.nn.Module):
         tensors = {"mu": mu, "cov_factor": cov_factor, "cov_diag": cov_diag, "w_prev": w_prev}
         for name, x in tensors.items():
             if tuple(x.shape) != expected[name] or batch < 1:
-                raise ConfigError(
+                raise ShapeError(
                     f"PortfolioLayer(n_assets={n}, cov_rank={k}): {name} has shape {tuple(x.shape)},"
                     f" expected (B, {', '.join(map(str, expected[name][1:]))}) with the batch size B of mu"
                     " (B >= 1; add a batch dim with unsqueeze(0)). n_assets / cov_rank come from"
@@ -129,50 +129,3 @@ class PortfolioLayer(torch.nn.Module):
                 f" ({float(low[i]):.3e}); the idiosyncratic variances must be > 0"
                 " (model.heads.min_variance keeps them positive)."
             )
-
-
-def check_solution(weights, w_prev, cfg: PortfolioConfig, *, tol: float | None = None,
-                   backend: str = "portfolio layer") -> None:
-    """Raise SolverError unless every row of ``weights`` is a feasible portfolio.
-
-    Parameters
-    ----------
-    weights : (B, n) or (n,) numpy array or tensor
-    w_prev : same shape (checked for finiteness; the previous portfolio must be a real one)
-    cfg : PortfolioConfig (constraint, max_weight, leverage)
-    tol : tolerance of the checks, default cfg.feasibility_tol
-    backend : named in the message
-
-    The checks: finite; not all zero (Clarabel returns ~0 silently on an infeasible problem);
-    sum(w) = 1; long_only: w >= 0 and w <= max_weight; long_short: sum |w| <= leverage.
-    """
-    tol = cfg.feasibility_tol if tol is None else tol
-    w = _as_2d(weights)
-    prev = _as_2d(w_prev) if w_prev is not None else np.zeros_like(w)
-    checks = [
-        (~np.isfinite(w).all(1), lambda i: "weights are not finite"),
-        (~np.isfinite(prev).all(1), lambda i: "w_prev is not finite"),
-        (np.abs(w).max(1) <= tol, lambda i: "all weights are ~0 (the solver's answer to an infeasible problem)"),
-        (np.abs(w.sum(1) - 1) > tol, lambda i: f"budget violated: sum(w) = {w[i].sum():.8g}, must be 1"),
-    ]
-    if cfg.constraint == "long_only":
-        checks.append((w.min(1) < -tol, lambda i: f"long_only bound violated: min(w) = {w[i].min():.3e} < 0"))
-        if cfg.max_weight is not None:
-            checks.append((w.max(1) > cfg.max_weight + tol,
-                           lambda i: f"max_weight violated: max(w) = {w[i].max():.8g} > {cfg.max_weight}"))
-    else:
-        checks.append((np.abs(w).sum(1) > cfg.leverage + tol,
-                       lambda i: f"leverage violated: sum |w| = {np.abs(w[i]).sum():.8g} > {cfg.leverage}"))
-    for bad, describe in checks:
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise SolverError(
-                f"{backend}: batch element {i} (of {int(bad.sum())} failing): {describe(i)}"
-                f" (feasibility_tol = {tol:g}). The solve failed or the constraints are infeasible"
-                " (check portfolio.max_weight * n_assets >= 1, leverage >= 1)."
-            )
-
-
-def _as_2d(x) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
-    return a[None] if a.ndim == 1 else a
