@@ -1,6 +1,6 @@
 """Batched primal-dual interior point for the portfolio QP (the robust stage of the torch backend).
 
-Per batch element, on the scaled problem of :mod:`portfolio.newton`::
+Per batch element, on the scaled problem of :mod:`portfolio.problem`::
 
     minimise   0.5 w^T Q w - mu^T w + c * sum(t)
     subject to 1^T w = 1,
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import SolverError
-from portfolio.newton import QPSettings, Scaled, clone, put, take
+from portfolio.problem import QPSettings, Scaled, cholesky_checked, clone, put, take
 
 START = 0.1
 """Initial slacks and multipliers (scaled problem); 0.1 took ~15% fewer iterations than 1."""
@@ -158,7 +158,7 @@ class InteriorPoint:
             diag = diag + _lastsum(Wp * Wm / K).mul_(4.0)
         Dinv = 1.0 / diag  # (B, n)
         DF = Dinv.unsqueeze(-1) * self.p.F  # (B, n, k)
-        chol = torch.linalg.cholesky((self.FT @ DF).add_(self.eye))  # (B, k, k)
+        chol = cholesky_checked((self.FT @ DF).add_(self.eye), "the interior point's capacitance matrix", self.offset)
         f.update(Dinv=Dinv, DF=DF, chol=chol)
         if lay.ls:  # rows of the saddle system: budget, leverage (after eliminating a)
             f["invKa"] = 1.0 / f["K"][..., -1]

@@ -13,19 +13,18 @@ with Q = F F^T + diag(d), r = mu - c * slope - Q a, E = [1; sign(w) if the lever
 The polished w is exact to rounding; it is accepted only with a KKT certificate (primal
 feasibility + every g_i = mu_i - (Q w)_i - lambda inside the subdifferential of asset i's cost).
 A wrong guess of the interior point's active set is corrected by primal active-set steps.
-:func:`solve_active_kkt` is also the linear solve of the backward pass (:mod:`portfolio.torch_solver`).
+The active set and its linear solve are :mod:`portfolio.active_set`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from core.errors import SolverError
+from portfolio.active_set import ActiveSet, q_times, solve_active_kkt
 from portfolio.constraints import held_by_bound
 from portfolio.ipm import InteriorPoint, IPMState
-from portfolio.newton import clone, put, take
+from portfolio.problem import clone, put, take
 
 PRIMAL_TOL = 1e-9
 """Certificate: budget, bounds and leverage of the polished point (weights are O(1))."""
@@ -41,73 +40,6 @@ GREEDY_PASSES = 2
 steps fix only the first weight hit, which cannot cycle."""
 MAX_PASSES = 30
 """Active-set steps after the interior point before giving up (typically 1-3 are used)."""
-
-
-@dataclass
-class ActiveSet:
-    free: torch.Tensor  # (B, n) bool: on a linear piece of its cost
-    value: torch.Tensor  # (B, n) fixed value (0 / max_weight / w_prev), 0 where free
-    at_prev: torch.Tensor  # (B, n) bool: fixed at the no-trade kink w_prev
-    slope: torch.Tensor  # (B, n) side of w_prev of a free weight, +-1 (0 without costs / fixed)
-    sign: torch.Tensor  # (B, n) side of 0 of a free weight (long_short), sign(value) if fixed
-    lev: torch.Tensor  # (B,) bool: the leverage row binds (long_short)
-
-    def rows(self, leverage: float, long_short: bool):
-        """Equality rows E (B, m, n) on w and their right-hand sides e (B, m) given the fixed values."""
-        ones = torch.ones_like(self.value)
-        E, e = [ones], [1.0 - self.value.sum(1)]
-        if long_short:
-            lev = self.lev.to(self.value.dtype)  # (B,)
-            E.append(self.sign * lev.unsqueeze(1))
-            e.append((leverage - (self.sign * self.value).sum(1)) * lev)
-        return torch.stack(E, 1), torch.stack(e, 1)
-
-
-def solve_active_kkt(F, d, free, E, rhs_w, rhs_e):
-    """Solve the active KKT system with Woodbury on the free set.
-
-    Parameters
-    ----------
-    F : (B, n, k), d : (B, n)   Q = F F^T + diag(d), d > 0.
-    free : (B, n) bool          rows/columns of fixed assets are replaced by the identity.
-    E : (B, m, n)               equality rows (zero rows allowed: their multiplier is 0).
-    rhs_w : (B, n), rhs_e : (B, m)
-
-    Returns
-    -------
-    x : (B, n) zero on fixed assets, y : (B, m) multipliers (minimum norm if rows are redundant),
-    null : (B, m, m) projector on the multipliers the free set leaves undetermined (0 if none).
-    """
-    Dinv = free.to(F.dtype) / d  # (B, n): the free block's diagonal, inverted; 0 on fixed assets
-    DFT = F.transpose(1, 2) * Dinv.unsqueeze(1)  # (B, k, n)
-    cap = torch.baddbmm(torch.eye(F.shape[2], dtype=F.dtype, device=F.device), DFT, F)  # I + F^T D^-1 F
-    chol = torch.linalg.cholesky(cap)
-    DR = torch.cat([rhs_w.unsqueeze(1), E], 1) * Dinv.unsqueeze(1)  # (B, 1+m, n) right-hand sides as rows
-    # Woodbury, one row per right-hand side: X = D^-1 R - (D^-1 F) cap^-1 F^T D^-1 R
-    X = DR - torch.cholesky_solve((DR @ F).transpose(1, 2), chol).transpose(1, 2) @ DFT
-    Xr, XE = X[:, :1], X[:, 1:]  # (B, 1, n), (B, m, n)
-    # (B, m, m) PSD; singular when a row vanishes or two rows coincide on the free set
-    inv, null = _psd_pinv(XE @ E.transpose(1, 2))
-    y = inv @ (E @ Xr.transpose(1, 2) - rhs_e.unsqueeze(-1))  # (B, m, 1) minimum norm
-    return (Xr - y.transpose(1, 2) @ XE).squeeze(1), y.squeeze(-1), null
-
-
-def _psd_pinv(S):
-    """Pseudo-inverse of the PSD (B, m, m) S and the projector on its null space (eigenvalues
-    below 1e-12 of the largest count as 0); m = 1 in closed form."""
-    if S.shape[-1] == 1:
-        keep = S > 0
-        return torch.where(keep, 1.0 / S, 0.0), (~keep).to(S.dtype)
-    evals, evecs = torch.linalg.eigh(S)
-    keep = evals > 1e-12 * evals.amax(-1, keepdim=True).clamp_min(1e-300)  # (B, m)
-    inv = (evecs * torch.where(keep, 1.0 / evals, 0.0).unsqueeze(1)) @ evecs.transpose(1, 2)
-    null = (evecs * (~keep).to(S.dtype).unsqueeze(1)) @ evecs.transpose(1, 2)  # (B, m, m)
-    return inv, null
-
-
-def _q_times(F, d, v):
-    """(F F^T + diag d) v for v (B, n)."""
-    return d * v + (F @ (F.transpose(1, 2) @ v.unsqueeze(-1))).squeeze(-1)
 
 
 def _side(x, right: bool):
@@ -160,7 +92,7 @@ def polish(ipm: InteriorPoint, S: IPMState, A: ActiveSet):
     direction is taken from the interior point, so that the certificate can use them.
     """
     p, ls = ipm.p, ipm.lay.ls
-    rhs = p.mu - p.c * A.slope - _q_times(p.F, p.d, A.value)  # (B, n)
+    rhs = p.mu - p.c * A.slope - q_times(p.F, p.d, A.value)  # (B, n)
     E, e = A.rows(ipm.st.leverage, ls)
     x, y, null = solve_active_kkt(p.F, p.d, A.free, E, rhs, e)
     y_ipm = torch.stack([S.y, S.zL * A.lev], 1)[:, : y.shape[1]]  # (B, m)
@@ -222,7 +154,7 @@ def _dual_moves(ipm: InteriorPoint, A: ActiveSet, w_pol, y, blocked):
     """
     p = ipm.p
     lam, nu = y[:, 0], torch.where(A.lev, y[:, 1], 0.0)  # (B,) budget and leverage multipliers
-    g = p.mu - _q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n)
+    g = p.mu - q_times(p.F, p.d, w_pol) - lam.unsqueeze(1)  # (B, n)
     left, right = _subgradient(ipm, A.value, nu.unsqueeze(1))
     fixed, reached = ~A.free, ~blocked.unsqueeze(1)
     excess = torch.where(fixed & reached, torch.maximum(left - g, g - right), 0.0)  # (B, n)

@@ -37,8 +37,11 @@ import torch
 
 from portfolio.constraints import check_feasible, held_by_bound
 from portfolio.ipm import InteriorPoint
-from portfolio.kkt import ActiveSet, solve_active_kkt, solve_exact
-from portfolio.newton import DualNewton, Point, QPSettings, Scaled, put, scale_problem, take
+from portfolio.active_set import ActiveSet, solve_active_kkt
+from portfolio.kkt import solve_exact
+from portfolio.dual import Point
+from portfolio.newton import DualNewton
+from portfolio.problem import QPSettings, Scaled, check_conditioning, put, scale_problem, take
 
 __all__ = ["QPSettings", "single_thread", "solve_portfolio_qp"]
 
@@ -89,6 +92,7 @@ def solve_exact_batch(mu, cov_factor, cov_diag, w_prev, st: QPSettings):
     within its budget.
     """
     p = scale_problem(mu, cov_factor, cov_diag, w_prev, st)
+    check_conditioning(p, mu, cov_factor, cov_diag, st)
     batch = mu.shape[0]
     newton = torch.full((batch,), st.newton_max_iter > 0, dtype=torch.bool, device=mu.device)
     if st.newton_max_iter > 0 and st.newton_min_ratio > 0:  # median idiosyncratic / factor variance
