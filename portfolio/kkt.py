@@ -23,7 +23,8 @@ import torch
 from core.errors import SolverError
 from portfolio.active_set import ActiveSet, q_times, solve_active_kkt
 from portfolio.constraints import held_by_bound
-from portfolio.ipm import InteriorPoint, IPMState
+from portfolio.ipm import InteriorPoint
+from portfolio.ipm_layout import IPMState
 from portfolio.problem import clone, put, take
 
 PRIMAL_TOL = 1e-9
