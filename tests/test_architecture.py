@@ -31,6 +31,8 @@ def test_the_project_keeps_its_layers():
         ("import model.network", "core/errors.py", "core.errors -> model.network"),
         ("import ray_jobs.ensemble", "model/losses.py", "model.losses -> ray_jobs.ensemble"),
         ("import ray", "model/encoder.py", "model.encoder -> ray"),
+        ("import data.oracle", "portfolio/cvx.py", "portfolio.cvx -> data.oracle"),
+        ("import ray", "portfolio/layer.py", "portfolio.layer -> ray"),
     ],
 )
 def test_a_planted_violation_is_caught(tmp_path, planted, into, expected):
