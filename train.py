@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
     panel_path = args.data or cfg.data.panel_path
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)  # the local cluster is this machine
-    from ray_jobs.seed_run import seed_run_name, train_one_seed
+    from ray_jobs.run_folder import seed_run_name
+    from ray_jobs.seed_run import train_one_seed
 
     info, _ = train_one_seed(cfg, seed, output, panel_path, num_cpus=args.num_cpus)
     run_dir = output / seed_run_name(seed)

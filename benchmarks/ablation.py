@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.config import load_config
-from ray_jobs.cli import CliParser, run_cli
+from core.cli import CliParser, run_cli
 
 
 def val_ic(cfg, model, source, split: np.ndarray) -> float:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ray_jobs.cli import CliParser, run_cli
+from core.cli import CliParser, run_cli
 
 CPU_OVERRIDES = ["training.device=cpu", "training.precision=float32", "training.compile=false",
                  "resources.gpus_per_worker=0"]

@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 from data.scoring import sharpe_standard_error, sharpe_standard_error_of
 from core.config import load_config
 from core.errors import ConfigError
-from ray_jobs.cli import CliParser, run_cli
+from core.cli import CliParser, run_cli
 from ray_jobs.demo import train_or_finish
 
 SPLITS = ("val", "test")
@@ -49,7 +49,7 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
     """Scored policies and ICs of the members and the ensemble on a split's rebalances."""
     from data import horizon_returns
     from ray_jobs.backtest import chained_prev
-    from ray_jobs.evaluation import score_weights
+    from data.scoring import score_weights
 
     ens, h = inputs.ensemble, inputs.horizon
     idx = inputs.split_rebalances(split)
@@ -74,7 +74,7 @@ def baseline_rows(inputs, split: str) -> dict:
     """Minimum variance and sample mean-variance (ray_jobs.backtest's baselines) on a split."""
     from data import horizon_returns
     from ray_jobs.backtest import baseline_weights, chained_prev
-    from ray_jobs.evaluation import score_weights
+    from data.scoring import score_weights
 
     cfg, h = inputs.ensemble.cfg, inputs.horizon
     idx = inputs.split_rebalances(split)
@@ -97,8 +97,8 @@ def reference_rows(cfg) -> tuple[dict, dict]:
 
 def health(experiment: Path) -> dict[int, dict]:
     """Per seed: median gradient norm and val Sharpe per epoch, loss gap at the best epoch."""
-    from ray_jobs.ensemble import SEEDS_DIR
-    from ray_jobs.seed_loop import read_history
+    from ray_jobs.run_folder import SEEDS_DIR
+    from ray_jobs.run_folder import read_history
 
     out = {}
     for run_dir in sorted((experiment / SEEDS_DIR).glob("seed_*")):

@@ -18,8 +18,6 @@ appearance in the file.
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import pyarrow.parquet as pq
 from data import contract
 from core.config import DataConfig
 from core.errors import DataError
+from core.files import atomic_path
 
 REQUIRED_COLUMNS = ("date", "factor", "ret")
 
@@ -203,7 +202,7 @@ def read_panel(path: str | Path, data_cfg: DataConfig | None = None) -> Panel:
 
 
 def write_panel(df: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> str:
-    """Write a long panel DataFrame to Parquet atomically (temp file + ``os.replace``).
+    """Write a long panel DataFrame to Parquet atomically (:func:`core.files.atomic_path`).
 
     Parameters
     ----------
@@ -230,12 +229,7 @@ def write_panel(df: pd.DataFrame, path: str | Path, *, overwrite: bool = False) 
     # Drop pandas' schema metadata: it carries library versions, and the bytes should depend on
     # the data only (the synthetic cache compares them).
     table = table.replace_schema_metadata(None)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
         digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return digest

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from data.build_panel import WARMUP_DAYS, compute_features
+from core.files import write_text_atomic
 from data.panel import Panel, file_sha256, read_panel, write_panel
 
 GENERATOR_VERSION = 1
@@ -242,7 +243,5 @@ def load_synthetic_panel(n_factors: int, years: int, seed: int = SEED) -> Panel:
     panel = read_panel(path)
     meta = {"file_sha256": digest, "fingerprint": panel.fingerprint, "generator_version": GENERATOR_VERSION,
             "n_factors": n_factors, "years": years, "seed": seed}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path.with_suffix(".json"))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return panel

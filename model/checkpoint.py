@@ -12,14 +12,13 @@ A checkpoint is one ``torch.save`` file holding a plain dict, loadable with
   normalisation stats, data fingerprint, metrics): plain values only (tensors, str, int, float,
   bool, None, and dict / list / tuple of them); numpy values are refused with the key named.
 
-Files are written atomically (a temporary file in the same folder, fsync, ``os.replace``), so a
+Files are written atomically (:func:`core.files.atomic_path`: a temporary file, fsync, ``os.replace``), so a
 crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 from pathlib import Path
 from typing import Any, Union
 
@@ -27,6 +26,7 @@ import torch
 
 from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
+from core.files import atomic_path
 from model.network import XLSTMPortfolio
 from model.slstm_fast import load_neutral_state_dict, neutral_state_dict
 from model.spec import ModelSpec
@@ -95,23 +95,15 @@ def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, 
     payload = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "model_state": state, **extra}
     _check_plain(payload, "checkpoint")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save wraps a failed write in RuntimeError
         kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
         raise CheckpointError(
             f"could not write checkpoint {path}: {_reason(exc)}; {kept}. Free disk space or fix the "
             "folder's permissions, then resume."
         ) from exc
-    finally:
-        if tmp.is_file():  # only left behind when the write failed
-            tmp.unlink()
     return path
 
 

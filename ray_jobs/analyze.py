@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from ray.tune import ExperimentAnalysis
 
 from core.errors import CheckpointError
-from ray_jobs.cli import CliParser, run_cli
-from ray_jobs.ensemble import SEEDS_DIR
+from core.cli import CliParser, run_cli
+from ray_jobs.run_folder import FINISHED, SEEDS_DIR, seed_run_name
 
 CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
 
@@ -40,8 +41,6 @@ def check_experiment(experiment_dir: Path) -> Path:
 
 def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
     """Per-seed DataFrame of every reported epoch, from Tune's own records."""
-    from ray.tune import ExperimentAnalysis
-
     experiment_dir = check_experiment(experiment_dir)
     analysis = ExperimentAnalysis(str(experiment_dir))
     frames = {}
@@ -59,8 +58,8 @@ def seed_table(experiment_dir: Path) -> pd.DataFrame:
     """One row per seed: best val_sharpe, its epoch, epochs run, stop reason, best checkpoint."""
     rows = []
     for seed, df in trial_frames(experiment_dir).items():
-        run_dir = Path(experiment_dir).resolve() / SEEDS_DIR / f"seed_{seed}"
-        marker = run_dir / "finished.json"
+        run_dir = Path(experiment_dir).resolve() / SEEDS_DIR / seed_run_name(seed)
+        marker = run_dir / FINISHED
         info = json.loads(marker.read_text()) if marker.exists() else {}
         best = df.loc[df["val_sharpe"].idxmax()] if "val_sharpe" in df and len(df) else None
         rows.append({
@@ -84,6 +83,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def plot_curves(frames: dict[int, pd.DataFrame], path: Path) -> None:
+    # Deferred: selects the headless backend before pyplot loads, only when a figure is drawn
+    # (importing this module must not switch the backend of a caller's own plots).
     import matplotlib
 
     matplotlib.use("Agg")

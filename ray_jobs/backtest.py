@@ -32,13 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from skfolio.exceptions import NonPositiveVarianceError
+from skfolio.optimization import InverseVolatility
 
-from data import horizon_returns
-from data.scoring import sharpe_standard_error
+from core.cli import CliParser, run_cli
 from core.errors import ConfigError, DataError, PortfolioTrainerError
+from data import horizon_returns
+from data.oracle import probe_weights
+from data.scoring import TRADING_DAYS, PolicyResult, max_drawdown, score_weights, sharpe_standard_error
+from data.windows import prepare
 from portfolio.constraints import describe, infeasibility
-from ray_jobs.cli import CliParser, run_cli
-from ray_jobs.evaluation import TRADING_DAYS, PolicyResult, max_drawdown, score_weights
+from portfolio.cvx import solve_reference
+from ray_jobs.analyze import to_markdown
 from ray_jobs.inference import EnsembleInputs
 
 ESTIMATION_DAYS = 252
@@ -70,8 +75,6 @@ def _check_history(indices: np.ndarray) -> None:
 
 def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
     """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
-    from portfolio.cvx import solve_reference
-
     _check_history(indices)
     n = returns.shape[1]
     # The classic baselines: no cost term in their objective (with it, 5-day risk is too small
@@ -128,9 +131,6 @@ def inverse_volatility_weights(returns: np.ndarray, indices: np.ndarray, cfg) ->
     ``InverseVolatility``: w_i proportional to 1 / sigma_i); with ``long_only`` and a
     ``max_weight``, :func:`cap_weights` enforces the bound.  Returns (K, N) float64.
     """
-    from skfolio.exceptions import NonPositiveVarianceError
-    from skfolio.optimization import InverseVolatility
-
     _check_history(indices)
     rows = []
     for t in indices:
@@ -172,8 +172,6 @@ def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dic
     The probe's ridge and normaliser come from ``data.prepare`` on the ensemble's config and the
     same panel (``data``, else the config's): fitted on that panel's train split.
     """
-    from data import prepare
-    from data.oracle import probe_weights
 
     cfg = inputs.ensemble.cfg
     pf, h, returns = cfg.portfolio, inputs.horizon, inputs.panel.returns
@@ -206,6 +204,8 @@ def run_backtest(experiment: Path, data=None, device: str = "cpu") -> tuple[pd.D
 
 
 def plot_equity(results: dict, dates, path: Path) -> None:
+    # Deferred: selects the headless backend before pyplot loads, only when a figure is drawn
+    # (importing this module must not switch the backend of a caller's own plots).
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,8 +242,6 @@ Every policy decides from data up to its decision date only and trades from its 
 
 
 def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
-    from ray_jobs.analyze import to_markdown
-
     pf = inputs.ensemble.cfg.portfolio
     dates = inputs.panel.dates[idx]
     text = [

@@ -7,12 +7,15 @@ when it already finished, only re-writes the analysis and the report.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
+from core.cli import CliParser, run_cli
 from core.config import load_config
-from ray_jobs.cli import CliParser, run_cli
+from ray_jobs import analyze, backtest, ensemble
+from ray_jobs.ensemble_model import load_finished
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model_config_cpu_demo.yaml"
 
@@ -26,17 +29,12 @@ def demo_cpus() -> int:
     faster: five demo seeds time-sliced over 2 cores took 48 CPU-seconds per epoch each against 34
     two at a time (memory bandwidth; docs/quality.md), and held ~17 GB.
     """
-    import os
-
     return 2 * (os.cpu_count() or 1)
 
 
 def train_or_finish(config: str, storage: Path, overrides: list[str]) -> Path:
     """Train the config's ensemble under ``storage`` (one seed per core), finish an interrupted one
     (Tune restore), or leave a finished one as it is.  Returns the experiment folder."""
-    from ray_jobs import ensemble
-    from ray_jobs.ensemble_model import load_finished
-
     cfg = load_config(config, overrides)
     experiment = storage / cfg.ensemble.name
     done = load_finished(experiment) if experiment.exists() else {}
@@ -54,8 +52,6 @@ def train_or_finish(config: str, storage: Path, overrides: list[str]) -> Path:
 def demo(config: str, output: str, overrides: list[str]) -> None:
     """Train (or finish) the ensemble, then write the analysis and the backtest report."""
     start = time.perf_counter()
-    from ray_jobs import analyze, backtest
-
     experiment = train_or_finish(config, Path(output).resolve(), overrides)
     analyze.analyze(experiment)
     report = backtest.backtest(experiment, experiment / "report")

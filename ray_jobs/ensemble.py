@@ -17,13 +17,21 @@ import os
 import sys
 from pathlib import Path
 
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from core.cli import CliParser, run_cli
 from core.config import Config, check_device, config_from_dict, load_config
 from core.errors import ConfigError
-from ray_jobs.cli import CliParser, run_cli
+from data.windows import absolute_panel_path, prepare
+from ray_jobs import ray_cluster
+from ray_jobs.analyze import seed_table
+from ray_jobs.run_folder import SEEDS_DIR, clear_failure, ensure_writable, seed_failure, seed_run_name
+from ray_jobs.seed_run import build_trainer, check_cluster_devices
 
 # The trial function only waits on its TorchTrainer: a sliver of a CPU, not a whole one.
 TRIAL_DRIVER_CPU = 0.01
-SEEDS_DIR = "seeds"
 
 
 def seed_trial(trial_config: dict, run: dict) -> None:
@@ -32,10 +40,6 @@ def seed_trial(trial_config: dict, run: dict) -> None:
     ``trial_config`` holds only the seed (what Tune varies); ``run`` (config, paths, the training
     indices) is shared by every trial through ``tune.with_parameters``.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ray_jobs.seed_run import build_trainer
-
     cfg = config_from_dict(run["config"], "<ensemble trial config>")
     trainer = build_trainer(
         cfg, int(trial_config["seed"]), Path(run["seeds_dir"]), run["train_indices"],
@@ -45,8 +49,6 @@ def seed_trial(trial_config: dict, run: dict) -> None:
 
 
 def _trainable(run: dict):
-    from ray import tune
-
     return tune.with_resources(tune.with_parameters(seed_trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
 
 
@@ -64,8 +66,6 @@ def seeds_at_once(cfg: Config) -> int:
     here, instead of letting trials queue inside Ray Train, avoids Train's 60 s worker-group
     start-up timeout counting a seed that merely waits for resources as a failure.
     """
-    import ray
-
     if cfg.ensemble.max_concurrent:
         return cfg.ensemble.max_concurrent
     res = cfg.resources
@@ -79,8 +79,6 @@ def seeds_at_once(cfg: Config) -> int:
 
 
 def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
-    from ray import tune
-
     return tune.Tuner(
         _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)),
         param_space={"seed": tune.grid_search([int(s) for s in seeds])},
@@ -98,8 +96,6 @@ def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_p
 
 
 def restore_tuner(cfg: Config, experiment_dir: Path, train_indices, panel_path):
-    from ray import tune
-
     if not tune.Tuner.can_restore(str(experiment_dir)):
         raise ConfigError(f"--resume: {experiment_dir} holds no Tune experiment to restore; drop --resume to start one.")
     trainable = _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path))
@@ -136,20 +132,14 @@ def run(args) -> Path:
         )
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)
-    from data import prepare
-    from data.windows import absolute_panel_path
-
     panel_path = absolute_panel_path(cfg.data, args.data)
     prepared = prepare(cfg, panel_path)  # validates the panel before any seed starts
     print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
           f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
-    from ray_jobs.ray_cluster import ray_session
-    from ray_jobs.seed_run import check_cluster_devices, clear_failure, ensure_writable
-
     ensure_writable(experiment_dir)
     for run_dir in sorted((experiment_dir / SEEDS_DIR).glob("seed_*")):
         clear_failure(run_dir)  # --resume: a seed that stopped on an error gets a new attempt
-    with ray_session(experiment_dir, num_cpus=args.num_cpus):
+    with ray_cluster.ray_session(experiment_dir, num_cpus=args.num_cpus):
         check_cluster_devices(cfg)
         if args.resume:
             tuner = restore_tuner(cfg, experiment_dir, prepared.splits.train, panel_path)
@@ -160,9 +150,6 @@ def run(args) -> Path:
 
 
 def _summarise(grid, experiment_dir: Path) -> Path:
-    from ray_jobs.analyze import seed_table
-    from ray_jobs.seed_run import seed_failure, seed_run_name
-
     failed = [(int(r.config["seed"]), r.error) for r in grid if r.error is not None]
     table = seed_table(experiment_dir)
     print("\n" + table.to_string(index=False))

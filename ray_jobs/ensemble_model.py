@@ -27,9 +27,8 @@ from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
 from model.network import solve_device
 from portfolio.layer import PortfolioLayer
-from ray_jobs.ensemble import SEEDS_DIR
-from ray_jobs.evaluation import chain_solves
-from ray_jobs.seed_run import FINISHED
+from ray_jobs.run_folder import FINISHED, SEEDS_DIR
+from ray_jobs.steps import chain_solves
 
 def best_checkpoints(experiment_dir: Path) -> dict[int, Path]:
     """seed -> best.pt of every seed run in the experiment (by its own best val_sharpe)."""

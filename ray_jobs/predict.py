@@ -9,14 +9,14 @@ to 1.  For a split, rebalances are every ``horizon`` days, each trading from the
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import DataError, PortfolioTrainerError
-from ray_jobs.cli import CliParser, run_cli
+from core.files import atomic_path
+from core.cli import CliParser, run_cli
 from ray_jobs.inference import EnsembleInputs
 
 
@@ -35,10 +35,8 @@ def predict(experiment: Path, out: Path, data=None, date=None, split=None, devic
         bad = int(np.argmax(np.abs(sums - 1.0)))
         raise PortfolioTrainerError(f"weights of {inputs.panel.dates[indices[bad]]} sum to {sums[bad]:.8f}, not 1.")
     frame = inputs.long_frame(indices, weights)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, out)  # never leave a half-written file behind
+    with atomic_path(out) as tmp:  # never leave a half-written file behind
+        frame.to_parquet(tmp, index=False)
     print(f"ensemble of seeds {inputs.ensemble.seeds}: {len(indices)} date(s) x {weights.shape[1]} factors -> {out}")
     if len(indices) == 1:
         top = frame.sort_values("weight", ascending=False).head(5)

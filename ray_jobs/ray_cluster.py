@@ -18,6 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+import ray
+from ray._private import ray_constants
+from ray._raylet import Config as RayConfig
+
 log = logging.getLogger(__name__)
 
 # Unix sockets live under the temp dir and must stay below 107 bytes.  Ray appends
@@ -39,9 +43,7 @@ def ensure_auth_token(root: Path) -> Path:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     # Ray caches its config at import; re-read it the way ray.init's own token set-up does.
-    from ray._raylet import Config
-
-    Config.initialize("")
+    RayConfig.initialize("")
     return path
 
 
@@ -53,8 +55,6 @@ def bind_to_loopback() -> None:
     this switch selects.  Workers inherit the environment variable.
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray._private import ray_constants
-
     ray_constants.ENABLE_RAY_CLUSTER = False  # the env var is read once at import
 
 
@@ -73,8 +73,6 @@ def _temp_dir(root: Path) -> str:
 @contextlib.contextmanager
 def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[str]:
     """Yield the address of a running Ray cluster; stop it afterwards if we started it."""
-    import ray
-
     if ray.is_initialized():  # e.g. a test's cluster: use it, leave it running
         yield ray.get_runtime_context().gcs_address
         return

@@ -1,4 +1,8 @@
-"""One training epoch and one validation pass; no Ray calls beyond the dataset shard iterator."""
+"""One training epoch and one validation pass; no Ray calls beyond the dataset shard iterator.
+
+Validation scores the policy the way the backtest does: :func:`chain_solves` trades each rebalance
+from the previous one's weights, :func:`data.scoring.score_weights` applies the conventions.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.splits import rebalance_indices
 from core.config import Config
 from core.errors import SolverError, TrainingError
+from data.scoring import score_weights
+from data.splits import rebalance_indices
 from model.losses import compute_losses, term_weights
 from model.network import solve_device
-from ray_jobs.evaluation import chain_solves, score_weights
+from ray_jobs.run_folder import stop_note
 
 LOSS_KEYS = ("loss", "loss_return", "loss_cov", "loss_sharpe", "loss_tc")
 VANISHING_GRADIENT = 1e-6
@@ -79,6 +84,15 @@ def nonfinite_elements(**tensors: torch.Tensor) -> str:
     return "; non-finite " + ", ".join(parts)
 
 
+def assert_finite(value: torch.Tensor, what: str, epoch: int, step: int, run_dir: Path, culprits: str = "") -> None:
+    """Fail is fail: a NaN/inf stops the run; the last good checkpoint stays on disk."""
+    if not torch.isfinite(value).all():
+        raise TrainingError(
+            f"non-finite {what} ({value.item() if value.numel() == 1 else value}) at epoch {epoch}, "
+            f"step {step}{culprits}; {stop_note(run_dir)}. Lower training.learning_rate or check the data."
+        )
+
+
 def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path,
                   scales: dict | None = None):
     """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping).
@@ -86,8 +100,6 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     Raises SolverError (a failed solve) or TrainingError (a NaN/inf loss or gradient) naming the
     epoch, the step and the batch element; no update is applied then.
     """
-    from ray_jobs.seed_loop import assert_finite, stop_note
-
     dev = solve_device(x.device)  # the CPU on MPS (no float64 there)
     w_prev = equal_weights(x.shape[0], cfg.data.num_factors, dev)
     try:
@@ -167,13 +179,11 @@ def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int
 
 
 def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path,
-                shuffle_buffer: int = 100_000, shuffle_seed: int | None = None,
-                nan_input_at: tuple | None = None, scales: dict | None = None) -> EpochStats:
+                shuffle_buffer: int, shuffle_seed: int | None = None, scales: dict | None = None) -> EpochStats:
     """One pass over this worker's shard of freshly shuffled decision indices.
 
+    ``shuffle_buffer``: the local shuffle buffer's size (the training split's length: a full shuffle).
     ``training.steps_per_epoch`` stops the pass early: a fresh random subset each epoch.
-    ``nan_input_at = (epoch, step, element)`` is a test hook (set from code, never from a config):
-    that batch element's window becomes NaN, as a corrupt value reaching the model mid-run would.
     """
     model.train()
     per_worker = max(2, cfg.training.batch_size // world)
@@ -184,9 +194,6 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     for step, batch in enumerate(batches, start=1):
         x, r_daily, r_horizon = source.gather(batch["t"].to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
-        if nan_input_at is not None and tuple(nan_input_at[:2]) == (epoch, step):
-            x = x.clone()
-            x[nan_input_at[2]] = float("nan")
         terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir, scales)
         for key in LOSS_KEYS:
             sums[key] += terms[key]
@@ -220,6 +227,30 @@ def predict_moments(cfg: Config, model, source, indices: np.ndarray):
         with autocast(cfg, source.features.device):
             parts.append([t.float() for t in model.predict_moments(x)])
     return [torch.cat(ts) for ts in zip(*parts)]
+
+
+def chain_solves(solve, mu: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor, tc_rate: float):
+    """Solve the rebalances in order, each trading from the previous target weights.
+
+    ``solve(mu, cov_factor, cov_diag, w_prev) -> weights`` is a batched portfolio layer.  With no
+    transaction cost the previous weights do not enter the problem, so one batched solve suffices.
+
+    Returns (weights (K, N), w_prev (K, N)) float64 tensors.
+    """
+    k, n = mu.shape
+    dtype = torch.float64
+    w0 = torch.full((1, n), 1.0 / n, dtype=dtype, device=mu.device)
+    if tc_rate == 0.0:
+        weights = solve(mu, cov_factor, cov_diag, w0.expand(k, n)).to(dtype)  # (K, N)
+        w_prev = torch.cat([w0, weights[:-1]], dim=0)  # (K, N)
+        return weights, w_prev
+    rows, prevs, prev = [], [], w0
+    for i in range(k):
+        w = solve(mu[i : i + 1], cov_factor[i : i + 1], cov_diag[i : i + 1], prev).to(dtype)  # (1, N)
+        rows.append(w)
+        prevs.append(prev)
+        prev = w
+    return torch.cat(rows), torch.cat(prevs)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from core.config import load_config
 from core.errors import CheckpointError, TrainingError
 from model.network import XLSTMPortfolio
-from ray_jobs.seed_loop import (
+from ray_jobs.run_folder import (
     BEST, CHECKPOINT_FILE, LATEST, append_history, newest_good_checkpoint, read_history, trim_history,
 )
 from test_checkpoint import SMALL

@@ -64,7 +64,7 @@ def test_streamed_batches_equal_reference_windows_and_reshuffle(ray_cluster, tmp
     trainer = TorchTrainer(
         _collect, train_loop_config={"overrides": overrides, "out": str(tmp_path / "orders.json")},
         scaling_config=ray.train.ScalingConfig(num_workers=1),
-        datasets={"train": train_dataset(train, cfg)},
+        datasets={"train": train_dataset(train, seed=0)},
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="stream"),
     )
     trainer.fit()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.seed_loop import read_history
+from ray_jobs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data.splits import rebalance_indices
-from ray_jobs.evaluation import annualised_sharpe, chain_solves, max_drawdown, score_weights
+from data.scoring import annualised_sharpe, max_drawdown, score_weights
+from ray_jobs.steps import chain_solves
 
 
 def _random_policy(seed=0, k=40, n=6):

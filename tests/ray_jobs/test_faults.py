@@ -19,14 +19,65 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import load_checkpoint
+import ray_jobs.seed_loop as seed_loop
+import ray_jobs.seed_run as seed_run
+import ray_jobs.steps as steps
 from core.config import load_config
 from core.errors import SolverError, TrainingError
-from ray_jobs.seed_loop import read_history
+from model.checkpoint import load_checkpoint
+from ray_jobs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 pytestmark = pytest.mark.slow
+
+
+# --- fault injection ---------------------------------------------------------------------------
+# The training loop runs in Ray worker processes, where a monkeypatch of this process never
+# arrives.  ``inject_fault`` swaps the loop the driver hands to Ray for a wrapper that applies the
+# fault inside the worker first.  Faults are closures: cloudpickle ships them by value (workers
+# cannot import tests/), and each patches a module the real loop looks its steps up in.
+
+def crash_after_epoch(epoch: int):
+    """The worker raises right after epoch ``epoch``'s checkpoint is written and reported."""
+    def fault():
+        report = seed_loop.report_epoch
+
+        def report_then_crash(run, state, metrics, improved):
+            report(run, state, metrics, improved)
+            if state.epoch == epoch:
+                raise RuntimeError(f"injected failure after epoch {epoch} (test)")
+
+        seed_loop.report_epoch = report_then_crash
+    return fault
+
+
+def nan_input_at(epoch: int, step: int, element: int):
+    """That batch element's window becomes NaN, as a corrupt value reaching the model mid-run would."""
+    def fault():
+        training_step = steps.training_step
+
+        def step_with_nan(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest):
+            if (at_epoch, at_step) == (epoch, step):
+                x = x.clone()
+                x[element] = float("nan")
+            return training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest)
+
+        steps.training_step = step_with_nan
+    return fault
+
+
+@pytest.fixture
+def inject_fault(monkeypatch):
+    """``inject_fault(fault)``: the seeds trained next run ``fault()`` in each worker before the real
+    loop; ``monkeypatch.undo()`` (or the test's end) removes it."""
+    def inject(fault) -> None:
+        def loop(train_loop_config):
+            fault()
+            seed_loop.train_loop_per_worker(train_loop_config)
+
+        monkeypatch.setattr(seed_run, "train_loop_per_worker", loop)
+    return inject
 
 
 def _epochs(run_dir: Path) -> list[int]:
@@ -85,12 +136,15 @@ def test_sigkilled_worker_resumes_its_seed_and_leaves_the_other_seed_alone(ray_c
         assert info["epochs_run"] == 3 and load_checkpoint(run_dir / "latest.pt")["epoch"] == 3
 
 
-def test_corrupt_checkpoints_are_named_and_resume_takes_the_last_good_one(ray_cluster, tmp_path, capfd):
+def test_corrupt_checkpoints_are_named_and_resume_takes_the_last_good_one(ray_cluster, tmp_path, capfd,
+                                                                         inject_fault, monkeypatch):
     from ray_jobs.seed_run import train_one_seed
 
     cfg = load_config(SMOKE, ["training.max_epochs=3", "ensemble.max_failures=0"])
+    inject_fault(crash_after_epoch(2))
     with pytest.raises(TrainingError, match="seed 21 failed"):
-        train_one_seed(cfg, 21, tmp_path, fail_after_epoch=2)  # a crash after epoch 2's checkpoint
+        train_one_seed(cfg, 21, tmp_path)  # a crash after epoch 2's checkpoint
+    monkeypatch.undo()
     run_dir = tmp_path / "seed_21"
     copies = sorted(run_dir.glob("checkpoint_*/checkpoint.pt"))
     assert [load_checkpoint(p)["epoch"] for p in copies] == [1, 2]
@@ -107,13 +161,16 @@ def test_corrupt_checkpoints_are_named_and_resume_takes_the_last_good_one(ray_cl
     assert load_checkpoint(latest)["epoch"] == 3
 
 
-def test_nan_mid_training_stops_with_solver_error_and_keeps_the_last_checkpoint(ray_cluster, tmp_path, capfd):
+def test_nan_mid_training_stops_with_solver_error_and_keeps_the_last_checkpoint(ray_cluster, tmp_path, capfd,
+                                                                              inject_fault, monkeypatch):
     from ray_jobs.seed_run import train_one_seed
 
     cfg = load_config(SMOKE, ["training.max_epochs=3", "ensemble.max_failures=2"])
+    inject_fault(nan_input_at(epoch=2, step=1, element=3))
     with pytest.raises(SolverError, match=r"^seed 23: epoch 2, step 1: portfolio layer \(torch\): batch element 3 "
                                           r"\(of 1 bad\): mu contains NaN.*the last good checkpoint is .*latest\.pt"):
-        train_one_seed(cfg, 23, tmp_path, nan_input_at=(2, 1, 3))
+        train_one_seed(cfg, 23, tmp_path)
+    monkeypatch.undo()  # the cause removed
     run_dir = tmp_path / "seed_23"
     (copy,) = run_dir.glob("checkpoint_*/checkpoint.pt")
     assert load_checkpoint(run_dir / "latest.pt")["epoch"] == 1

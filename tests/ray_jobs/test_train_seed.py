@@ -13,7 +13,7 @@ import torch
 
 from core.config import load_config
 from core.errors import SolverError, TrainingError
-from ray_jobs.seed_loop import read_history
+from ray_jobs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
@@ -73,7 +73,7 @@ def test_checkpoint_reproduces_reported_validation_with_pandas(smoke_run):
     from data import prepare
     from model.checkpoint import load_checkpoint, load_model
     from data.splits import rebalance_indices
-    from ray_jobs.evaluation import chain_solves
+    from ray_jobs.steps import chain_solves
     from ray_jobs.steps import predict_moments
 
     cfg, run_dir, _, _ = smoke_run
