@@ -40,12 +40,6 @@ class Splits:
         """[("train", idx), ("val", idx), ("test", idx)]."""
         return [("train", self.train), ("val", self.val), ("test", self.test)]
 
-    def tensor(self, name: str, device="cpu"):
-        """One split as a writable torch LongTensor (n,) on ``device`` (the arrays here are read-only)."""
-        import torch  # only the training side needs torch
-
-        return torch.tensor(getattr(self, name), dtype=torch.long, device=device)
-
 
 def min_split_decisions(horizon: int) -> int:
     """Smallest split: horizon + 1 decision dates give two non-overlapping rebalances (a Sharpe)."""

@@ -145,14 +145,6 @@ class WindowSource:
         r_daily = self.returns[idx[:, None] + self._y_offsets]  # (B, h, N)
         return x, r_daily, self.horizon_returns[idx]  # (B, N)
 
-    def window_numpy(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Slow reference for one decision t: (L, N, F) float32, (h, N) float64, (N,) float64."""
-        if not self.first_decision <= t <= self.last_decision:
-            raise IndexError(f"decision index {t} outside [{self.first_decision}, {self.last_decision}].")
-        x = np.stack([self.normalizer.transform(self.panel.features[d]) for d in range(t - self.lookback + 1, t + 1)])
-        r_daily = np.array(self.panel.returns[t + 1: t + self.horizon + 1])  # (h, N)
-        return x, r_daily, np.prod(1 + r_daily, axis=0) - 1
-
 
 @dataclass(frozen=True, eq=False)
 class PreparedData:

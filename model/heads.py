@@ -140,8 +140,3 @@ class FactorHeads(MomentHeads):
             cov_factor = self.factor_scale * self.factor_head(h)  # (B, N, k)
             cov_diag = self.variance_scale * F.softplus(self.variance_head(h).squeeze(-1)) + self.min_variance
         return mu, cov_factor, cov_diag
-
-
-def covariance(cov_factor: torch.Tensor, cov_diag: torch.Tensor) -> torch.Tensor:
-    """Dense Sigma = B B^T + diag(d), shape (B, N, N); for tests and diagnostics (O(N^2) memory)."""
-    return cov_factor @ cov_factor.transpose(-1, -2) + torch.diag_embed(cov_diag)  # (B, N, N)

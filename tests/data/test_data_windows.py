@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from panel_helpers import small_cfg
+from references import split_tensor, window_numpy
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import Panel, write_panel
 from data.windows import Normalizer, WindowSource, prepare
@@ -33,7 +34,7 @@ def test_gather_equals_window_numpy(panel_file):
     assert x.shape == (64, L, 6, 9) and r_daily.shape == (64, H, 6) and r_h.shape == (64, 6)
     assert x.dtype == r_daily.dtype == r_h.dtype == torch.float32
     for b, t in enumerate(idx.tolist()):
-        xn, rn, rhn = src.window_numpy(t)
+        xn, rn, rhn = window_numpy(src, t)
         np.testing.assert_array_equal(x[b].numpy(), xn)
         np.testing.assert_allclose(r_daily[b].numpy(), rn, rtol=1e-7)
         np.testing.assert_allclose(r_h[b].numpy(), rhn, rtol=1e-6, atol=1e-9)
@@ -138,7 +139,7 @@ def test_prepare_prefers_the_argument_over_the_config(panel_file, tmp_path):
 
 def test_split_tensors_feed_gather(panel_file):
     prep = prepare(small_cfg(), str(panel_file))
-    idx = prep.splits.tensor("val")
+    idx = split_tensor(prep.splits, "val")
     assert idx.dtype == torch.long and idx.tolist() == prep.splits.val.tolist()
     x, _, _ = prep.window_source().gather(idx)
     assert x.shape[0] == len(prep.splits.val)

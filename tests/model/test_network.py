@@ -7,9 +7,10 @@ import torch
 
 from core.config import load_config
 from core.errors import ShapeError
-from model.heads import MomentHeads, covariance, horizon_vol
+from model.heads import MomentHeads, horizon_vol
 from model.losses import compute_losses
 from model.network import ModelOutput, XLSTMPortfolio
+from references import dense_covariance
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 N_FACTORS, N_FEATURES, LOOKBACK, RANK = 5, 9, 20, 2
@@ -35,7 +36,7 @@ def test_heads_covariance_is_positive_definite(scale):
     mu, cov_factor, cov_diag = heads(h)
     assert (mu.shape, cov_factor.shape, cov_diag.shape) == ((64, 5), (64, 5, RANK), (64, 5))
     assert (cov_diag >= 1e-6).all()
-    eigenvalues = torch.linalg.eigvalsh(covariance(cov_factor.double(), cov_diag.double()))  # (B, N)
+    eigenvalues = torch.linalg.eigvalsh(dense_covariance(cov_factor.double(), cov_diag.double()))  # (B, N)
     assert eigenvalues.min() > 0.99e-6
 
 
@@ -44,7 +45,7 @@ def test_heads_scales_fit_five_day_factor_returns():
     heads = MomentHeads(hidden_dim=64, n_assets=50, cov_rank=4, min_variance=1e-6, horizon=5)
     mu, cov_factor, cov_diag = heads(torch.randn(256, 64))  # a LayerNorm-like summary
     var_5d = horizon_vol(5) ** 2  # (10 % * sqrt(5/252))**2 ~ 2e-4
-    diag = torch.diagonal(covariance(cov_factor, cov_diag), dim1=-2, dim2=-1)
+    diag = torch.diagonal(dense_covariance(cov_factor, cov_diag), dim1=-2, dim2=-1)
     assert 0.3 * var_5d < diag.mean() < 3 * var_5d
     assert 2e-4 < mu.std() < 5e-3
 

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+import references
 from core.config import load_config
 from pathlib import Path
+from references import window_numpy
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "model_config_cpu_smoke.yaml"
 
@@ -32,7 +34,7 @@ def _collect(config):
             idx = batch["t"]
             x, r_daily, r_h = source.gather(idx)
             for j in range(0, len(idx), 5):  # every 5th window against the slow numpy reference
-                ref_x, ref_daily, ref_h = source.window_numpy(int(idx[j]))
+                ref_x, ref_daily, ref_h = window_numpy(source, int(idx[j]))
                 np.testing.assert_allclose(x[j].numpy(), ref_x, rtol=0, atol=1e-6)
                 np.testing.assert_allclose(r_daily[j].numpy(), ref_daily, rtol=0, atol=1e-7)
                 np.testing.assert_allclose(r_h[j].numpy(), ref_h, rtol=0, atol=1e-6)
@@ -58,6 +60,7 @@ def test_streamed_batches_equal_reference_windows_and_reshuffle(ray_cluster, tmp
     from ray_jobs.seed_run import train_dataset
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests/
+    ray.cloudpickle.register_pickle_by_value(references)
     overrides = ["training.steps_per_epoch=null"]
     cfg = load_config(SMOKE, overrides)
     train = prepare(cfg).splits.train[:400]
