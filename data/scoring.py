@@ -1,6 +1,6 @@
 """Scoring a policy at non-overlapping rebalances: the one Sharpe / turnover / cost convention.
 
-Used by the per-epoch validation metrics and the backtest (through ``ray_jobs.evaluation``) and by
+Used by the per-epoch validation metrics (``ray_jobs.steps.validate``), the backtest and
 the reference policies of ``data.oracle``, so every Sharpe in the project is computed the same
 way.  Conventions (also in docs/training.md):
 
