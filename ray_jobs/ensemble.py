@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -22,7 +23,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from core.cli import CliParser, run_cli
-from core.config import Config, check_device, config_from_dict, load_config
+from core.config import Config, check_device, load_config
 from core.errors import ConfigError
 from data.windows import absolute_panel_path, prepare
 from ray_jobs import ray_cluster
@@ -34,29 +35,34 @@ from ray_jobs.seed_run import build_trainer, check_cluster_devices
 TRIAL_DRIVER_CPU = 0.01
 
 
-def seed_trial(trial_config: dict, run: dict) -> None:
+@dataclass(frozen=True)
+class TrialRun:
+    """What every seed's trial shares through ``tune.with_parameters``; Tune varies only the seed."""
+
+    cfg: Config
+    seeds_dir: Path  # absolute: <experiment>/seeds, one run folder per seed (ray_jobs/run_folder.py)
+    train_indices: tuple[int, ...]  # decision indices of the training split
+    panel_path: str | None  # absolute Parquet path, or None for the embedded synthetic panel
+
+
+def seed_trial(trial_config: dict, run: TrialRun) -> None:
     """Tune trainable: fit the TorchTrainer of one seed.  Returns nothing (a dict would be a result).
 
-    ``trial_config`` holds only the seed (what Tune varies); ``run`` (config, paths, the training
-    indices) is shared by every trial through ``tune.with_parameters``.
+    ``trial_config`` is Tune's ``{"seed": seed}``.
     """
-    cfg = config_from_dict(run["config"], "<ensemble trial config>")
     trainer = build_trainer(
-        cfg, int(trial_config["seed"]), Path(run["seeds_dir"]), run["train_indices"],
-        panel_path=run["panel_path"], callbacks=[TuneReportCallback()],
+        run.cfg, int(trial_config["seed"]), run.seeds_dir, run.train_indices,
+        panel_path=run.panel_path, callbacks=[TuneReportCallback()],
     )
     trainer.fit()
 
 
-def _trainable(run: dict):
+def _trainable(run: TrialRun):
     return tune.with_resources(tune.with_parameters(seed_trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
 
 
-def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> dict:
-    return {
-        "config": cfg.to_dict(), "seeds_dir": str(experiment_dir / SEEDS_DIR),
-        "train_indices": [int(t) for t in train_indices], "panel_path": panel_path,
-    }
+def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> TrialRun:
+    return TrialRun(cfg, Path(experiment_dir) / SEEDS_DIR, tuple(int(t) for t in train_indices), panel_path)
 
 
 def seeds_at_once(cfg: Config) -> int:
