@@ -78,7 +78,7 @@ def test_credential_scan_finds_planted_secrets(tmp_path):
 
 def test_yaml_is_read_with_safe_load_only():
     sources = [p for p in repo_files() if p.suffix == ".py"]
-    assert ROOT / "model" / "config.py" in sources and "yaml.safe_load(" in (ROOT / "model" / "config.py").read_text()
+    assert ROOT / "core" / "config.py" in sources and "yaml.safe_load(" in (ROOT / "core" / "config.py").read_text()
     assert scan(sources, {"unsafe YAML loading (use yaml.safe_load)": UNSAFE_YAML}) == []
 
 
