@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from data.scoring import sharpe_standard_error, sharpe_standard_error_of
+from data.scoring import sharpe_standard_error
 from core.config import load_config
 from core.errors import ConfigError
 from core.cli import CliParser, run_cli
@@ -150,8 +150,7 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
         for key in ("oracle", "probe", "equal"):
             if key in table[split]:
                 res = table[split][key]
-                row[label[key]] = (res.sharpe, sharpe_standard_error_of(res.sharpe, res.n_rebalances, cfg.data.prediction_horizon),
-                                   res.turnover)
+                row[label[key]] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
         for name, res in baseline_rows(inputs, split).items():
             row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
         members, split_ics = model_rows(inputs, split)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import cvxpy as cp
 import numpy as np
 
-from data.scoring import TRADING_DAYS, score_weights
+from data.scoring import PolicyResult, score_weights
 from data.splits import rebalance_indices
 from data.windows import PreparedData, horizon_returns, prepare
 from core.cli import config_parser, run_cli
@@ -37,17 +36,6 @@ from core.config import Config, PortfolioConfig, load_config
 from core.errors import DataError, SolverError
 from portfolio.constraints import check_solution
 from portfolio.cvx import build_problem
-
-
-@dataclass(frozen=True)
-class PolicyResult:
-    """One policy on one split: annualised Sharpe, return, vol; mean one-way turnover; rebalances."""
-
-    sharpe: float
-    ann_return: float
-    ann_vol: float
-    turnover: float
-    n_rebalances: int
 
 
 class MeanVarianceProblem:
@@ -103,13 +91,7 @@ def run_policy(
     """
     weights, prevs = chain_policy(decide, rebalances, r_horizon.shape[1])
     idx = np.asarray(rebalances)
-    scored = score_weights(idx, weights, prevs, r_horizon[idx], tc_rate, horizon)
-    per_year = TRADING_DAYS / horizon
-    return PolicyResult(
-        sharpe=scored.sharpe, ann_return=float(scored.net.mean() * per_year),
-        ann_vol=float(scored.net.std(ddof=1) * np.sqrt(per_year)), turnover=scored.mean_turnover,
-        n_rebalances=len(idx),
-    )
+    return score_weights(idx, weights, prevs, r_horizon[idx], tc_rate, horizon)
 
 
 def probe_means(prep, r_horizon: np.ndarray) -> np.ndarray:
@@ -246,7 +228,7 @@ def format_table(table: dict[str, dict[str, PolicyResult]]) -> str:
     for name, row in table.items():
         any_res = next(iter(row.values()))
         line = f"{name:6s} {any_res.n_rebalances:5d} " + " ".join(f"{row[p].sharpe:10.2f}" for p in pols)
-        line += " " + " ".join(f"{row[p].turnover:11.3f}" for p in pols if p != "equal")
+        line += " " + " ".join(f"{row[p].mean_turnover:11.3f}" for p in pols if p != "equal")
         lines.append(line)
     return "\n".join(lines)
 

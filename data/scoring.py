@@ -45,6 +45,10 @@ class PolicyResult:
     def mean_turnover(self) -> float:
         return float(self.turnover.mean())
 
+    @property
+    def n_rebalances(self) -> int:
+        return len(self.indices)
+
 
 def annualised_sharpe(net: np.ndarray, horizon: int) -> float:
     """mean / std (ddof=1) of per-period returns, annualised with 252 / horizon periods a year."""
