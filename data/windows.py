@@ -23,7 +23,7 @@ import torch
 from data.panel import Panel, read_panel
 from data.splits import Splits, make_splits, splits_for  # noqa: F401  (make_splits re-exported)
 from core.config import Config, DataConfig
-from core.errors import DataError
+from core.errors import DataError, ShapeError
 
 
 def horizon_returns(returns: np.ndarray, horizon: int) -> np.ndarray:
@@ -121,10 +121,10 @@ class WindowSource:
 
     def _check(self, idx: torch.Tensor) -> None:
         if idx.ndim != 1 or idx.dtype != torch.long:
-            raise IndexError(f"gather needs a 1-D LongTensor of decision indices, got {tuple(idx.shape)} {idx.dtype}.")
+            raise ShapeError(f"gather needs a 1-D LongTensor of decision indices, got {tuple(idx.shape)} {idx.dtype}.")
         lo, hi = int(idx.min()), int(idx.max())
         if lo < self.first_decision or hi > self.last_decision:
-            raise IndexError(
+            raise ShapeError(
                 f"decision indices must lie in [{self.first_decision}, {self.last_decision}] (lookback "
                 f"{self.lookback}, horizon {self.horizon}, T {self.n_dates}); got min {lo}, max {hi}."
             )

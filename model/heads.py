@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.constants import TRADING_DAYS_PER_YEAR
-from core.errors import ShapeError
+from core.errors import ConfigError, ShapeError
 
 REFERENCE_ANNUAL_VOL = 0.10
 """Annual volatility of a typical factor portfolio; sets the output scales (not a constraint)."""
@@ -51,7 +51,7 @@ def check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Optional[int
 def horizon_vol(horizon: int) -> float:
     """Reference volatility of a ``horizon``-day simple return (decimal), sqrt-of-time scaled."""
     if horizon < 1:
-        raise ValueError(f"horizon must be >= 1 day (got {horizon}).")
+        raise ConfigError(f"data.prediction_horizon = {horizon} must be >= 1 day.")
     return REFERENCE_ANNUAL_VOL * math.sqrt(horizon / TRADING_DAYS_PER_YEAR)
 
 
@@ -79,7 +79,9 @@ class MomentHeads(nn.Module):
     def __init__(self, hidden_dim: int, n_assets: int, cov_rank: int, min_variance: float, horizon: int):
         super().__init__()
         if min_variance <= 0:
-            raise ValueError(f"min_variance must be > 0 so Sigma is positive definite (got {min_variance}).")
+            raise ConfigError(
+                f"model.heads.min_variance = {min_variance} must be > 0 so Sigma is positive definite."
+            )
         self.n_assets, self.cov_rank, self.min_variance = n_assets, cov_rank, float(min_variance)
         vol_h = horizon_vol(horizon)
         self.mu_scale = 0.1 * vol_h  # expected returns are a small fraction of the volatility

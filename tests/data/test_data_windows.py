@@ -15,7 +15,7 @@ from references import split_tensor, window_numpy
 from data.build_panel import FEATURE_NAMES, WARMUP_DAYS, compute_features
 from data.panel import Panel, write_panel
 from data.windows import Normalizer, WindowSource, prepare
-from core.errors import DataError
+from core.errors import DataError, ShapeError
 
 L, H = 10, 3  # lookback and horizon of small_cfg()
 
@@ -42,10 +42,14 @@ def test_gather_equals_window_numpy(panel_file):
 
 def test_gather_refuses_invalid_indices(panel_file):
     src = prepare(small_cfg(), str(panel_file)).window_source()
-    with pytest.raises(IndexError, match=r"decision indices must lie in \[9, "):
+    with pytest.raises(ShapeError, match=r"decision indices must lie in \[9, "):
         src.gather(torch.tensor([8]))
-    with pytest.raises(IndexError, match=r"must lie in"):
+    with pytest.raises(ShapeError, match=r"must lie in"):
         src.gather(torch.tensor([src.n_dates - H]))
+    with pytest.raises(ShapeError, match=r"1-D LongTensor of decision indices, got \(1, 1\) torch.int64"):
+        src.gather(torch.tensor([[src.first_decision]]))
+    with pytest.raises(ShapeError, match=r"1-D LongTensor of decision indices, got \(1,\) torch.int32"):
+        src.gather(torch.tensor([src.first_decision], dtype=torch.int32))
 
 
 def test_inputs_and_targets_equal_pandas(returns_wide, long_panel, panel_file):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.errors import ShapeError
+from core.errors import ConfigError, ShapeError
 from model.heads import MomentHeads, horizon_vol
 from model.losses import compute_losses
 from model.network import ModelOutput, XLSTMPortfolio
@@ -55,6 +55,17 @@ def test_heads_stay_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = heads(torch.randn(3, 32).bfloat16())
     assert all(t.dtype == torch.float32 for t in outputs)
+
+
+def test_heads_refuse_bad_settings_and_summaries():
+    # Settings are config values (ConfigError, naming the key); a wrong summary is a shape (ShapeError).
+    with pytest.raises(ConfigError, match=r"model\.heads\.min_variance = 0\.0 must be > 0"):
+        MomentHeads(hidden_dim=32, n_assets=N_FACTORS, cov_rank=RANK, min_variance=0.0, horizon=5)
+    with pytest.raises(ConfigError, match=r"data\.prediction_horizon = 0 must be >= 1 day"):
+        MomentHeads(hidden_dim=32, n_assets=N_FACTORS, cov_rank=RANK, min_variance=1e-6, horizon=0)
+    heads = MomentHeads(hidden_dim=32, n_assets=N_FACTORS, cov_rank=RANK, min_variance=1e-6, horizon=5)
+    with pytest.raises(ShapeError, match=r"encoder summary h: expected shape \(B, 32\), got \(4, 16\)"):
+        heads(torch.randn(4, 16))
 
 
 def test_forward_shapes_dtypes_and_budget():
