@@ -1,5 +1,6 @@
 """The strict config loader: spec values, and every ConfigError case with a useful message."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import yaml
 from core.config import Config, check_device, config_from_dict, load_config
 from core.errors import ConfigError, DeviceError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FULL = CONFIGS / "model_config_h100_full.yaml"
 MAC = CONFIGS / "model_config_mac_test.yaml"
 SMOKE = CONFIGS / "model_config_cpu_smoke.yaml"
@@ -45,8 +46,9 @@ def test_smoke_keeps_data_shape_and_cpu():
 
 def test_config_is_frozen_and_round_trips():
     cfg = load_config(FULL)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'batch_size'"):
         cfg.training.batch_size = 1  # type: ignore[misc]
+    assert cfg.training.batch_size == 128
     again = config_from_dict(cfg.to_dict())
     assert again == cfg
     assert isinstance(again, Config)
@@ -172,7 +174,7 @@ def test_config_reference_doc_matches_the_code():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     fresh = subprocess.run(
         [sys.executable, str(root / "docs" / "gen_configs_md.py")], capture_output=True, text=True,
         check=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""},
