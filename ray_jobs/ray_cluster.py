@@ -1,7 +1,8 @@
 """Start or join a Ray cluster, keeping Ray's files inside the run's own directory.
 
 * ``RAY_ADDRESS`` set: join that cluster (``ray job submit`` sets it for the job's driver).
-* otherwise: start a local cluster bound to 127.0.0.1 with its temp files under ``root/ray``.
+* otherwise: start a local cluster bound to 127.0.0.1 with its temp files under ``root/ray``,
+  on a GCS port chosen here and exported as ``RAY_ADDRESS`` to the cluster's processes (below).
 
 Token authentication stays on for local clusters, but the token lives in ``root/ray_auth_token``
 (not ``~/.ray``): we export ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so the cluster
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -21,6 +23,8 @@ from typing import Iterator, Optional
 import ray
 from ray._private import ray_constants
 from ray._raylet import Config as RayConfig
+
+from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +94,51 @@ def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[i
     bind_to_loopback()
     temp_dir = _temp_dir(root)
     log.info("starting a local Ray cluster on 127.0.0.1 (temp files in %s)", root / "ray")
-    ctx = ray.init(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir,
-        include_dashboard=True,  # Train's state queries need it; it listens on 127.0.0.1 only
-        dashboard_host="127.0.0.1",
-        configure_logging=True,
-        logging_level=logging.WARNING,
-    )
+    with _own_address_exported() as own_address:
+        ctx = ray.init(
+            address="local",  # start one, whatever RAY_ADDRESS now says
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            include_dashboard=True,  # Train's state queries need it; it listens on 127.0.0.1 only
+            dashboard_host="127.0.0.1",
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+        try:
+            if ctx.address_info["gcs_address"] != own_address:  # Ray ignored RAY_GCS_SERVER_PORT
+                raise TrainingError(f"the local Ray cluster runs at {ctx.address_info['gcs_address']}, not at "
+                                    f"{own_address} (its RAY_ADDRESS); Ray's state queries would miss it.")
+            yield ctx.address_info["address"]
+        finally:
+            ray.shutdown()
+            if Path(temp_dir).is_symlink():  # drop the short link; the files stay under root/ray
+                Path(temp_dir).unlink()
+                Path(temp_dir).parent.rmdir()
+
+
+@contextlib.contextmanager
+def _own_address_exported() -> Iterator[str]:
+    """Export ``RAY_ADDRESS`` (and the GCS port) of the local cluster about to start; restore after.
+
+    Ray's helpers inside the cluster (Ray Train's detached ``PlacementGroupCleaner``, the state API)
+    look for "the" cluster through ``RAY_ADDRESS``, else by listing every GCS process on the
+    machine, which fails ("Found multiple active Ray instances") while another local run is up.
+    The cluster's processes inherit this process's environment when ``ray.init`` starts them, so
+    the address must be known before: we choose the GCS port.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    saved = {key: os.environ.get(key) for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
     try:
-        yield ctx.address_info["address"]
+        yield address
     finally:
-        ray.shutdown()
-        if Path(temp_dir).is_symlink():  # drop the short link; the files stay under root/ray
-            Path(temp_dir).unlink()
-            Path(temp_dir).parent.rmdir()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
