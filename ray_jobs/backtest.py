@@ -1,6 +1,7 @@
 """Out-of-sample backtest of an ensemble on the test split, against classic baselines.
 
   python -m ray_jobs.backtest --experiment runs/ensembles/NAME --out runs/report
+  python -m ray_jobs.backtest --runs models/ensemble/model_* --out runs/report   # train.py runs, one per seed
 
 Rebalances every ``horizon`` days over the test split (non-overlapping holding periods), each
 policy trading from its previous weights (1/N before the first rebalance), net of
@@ -29,6 +30,7 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,7 @@ from portfolio.constraints import describe, infeasibility
 from portfolio.cvx import solve_reference
 from ray_jobs.analyze import to_markdown
 from ray_jobs.inference import EnsembleInputs
+from ray_jobs.members import add_member_arguments, members_label
 
 ESTIMATION_DAYS = 252
 SHRINKAGE = 0.2  # weight of the diagonal target in the sample covariance
@@ -185,8 +188,10 @@ def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dic
     }
 
 
-def run_backtest(experiment: Path, data=None, device: str = "cpu") -> tuple[pd.DataFrame, dict, EnsembleInputs, np.ndarray]:
-    inputs = EnsembleInputs.load(Path(experiment), data, device)
+def run_backtest(experiment: Optional[Path], data=None, device: str = "cpu",
+                 runs: Optional[Sequence[str]] = None) -> tuple[pd.DataFrame, dict, EnsembleInputs, np.ndarray]:
+    """The test-split table; the members are a Tune ``experiment``'s seeds or ``train.py`` ``runs``."""
+    inputs = EnsembleInputs.load(experiment, data, device, runs=runs)
     ens, h = inputs.ensemble, inputs.horizon
     cfg = ens.cfg.portfolio
     idx = inputs.split_rebalances("test")
@@ -241,11 +246,11 @@ Every policy decides from data up to its decision date only and trades from its 
 """
 
 
-def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
+def write_report(out: Path, label: str, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
     pf = inputs.ensemble.cfg.portfolio
     dates = inputs.panel.dates[idx]
     text = [
-        f"# Backtest of {Path(experiment).name}\n",
+        f"# Backtest of {label}\n",
         f"Test split {dates[0]} .. {dates[-1]}: {len(idx)} rebalances every {inputs.horizon} days; "
         f"constraint {describe(pf)}; cost {pf.tc_rate} per unit traded; "
         f"ensemble of seeds {inputs.ensemble.seeds}.\n",
@@ -258,14 +263,14 @@ def write_report(out: Path, experiment: Path, table: pd.DataFrame, inputs: Ensem
     return path
 
 
-def backtest(experiment: Path, out: Path, data=None, device="cpu") -> Path:
+def backtest(experiment: Optional[Path], out: Path, data=None, device="cpu", runs: Optional[Sequence[str]] = None) -> Path:
     """Run the test-split backtest and write metrics.csv, equity.png and report.md to ``out``."""
-    table, results, inputs, idx = run_backtest(Path(experiment), data, device)
+    table, results, inputs, idx = run_backtest(experiment, data, device, runs=runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # only once the experiment has loaded: a refused run writes nothing
     table.to_csv(out / "metrics.csv", index=False)
     plot_equity(results, inputs.panel.dates[idx], out / "equity.png")
-    report = write_report(out, Path(experiment), table, inputs, idx)
+    report = write_report(out, members_label(experiment, runs), table, inputs, idx)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\nreport: {report}")
     return report
@@ -273,12 +278,12 @@ def backtest(experiment: Path, out: Path, data=None, device="cpu") -> Path:
 
 def main(argv=None) -> int:
     p = CliParser(prog="python -m ray_jobs.backtest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", required=True, help="ensemble experiment folder (STORAGE/NAME)")
+    add_member_arguments(p)
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the training one)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--device", default="cpu", help="device for the members (default cpu)")
     args = p.parse_args(argv)
-    return run_cli(lambda: backtest(Path(args.experiment), Path(args.out), args.data, args.device))
+    return run_cli(lambda: backtest(args.experiment, Path(args.out), args.data, args.device, runs=args.runs))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -27,23 +28,9 @@ from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
 from model.network import solve_device
 from portfolio.layer import PortfolioLayer
+from ray_jobs.members import config_differences, member_checkpoints
 from ray_jobs.run_folder import FINISHED, SEEDS_DIR
 from ray_jobs.steps import chain_solves
-
-def best_checkpoints(experiment_dir: Path) -> dict[int, Path]:
-    """seed -> best.pt of every seed run in the experiment (by its own best val_sharpe)."""
-    seeds_dir = Path(experiment_dir).resolve() / SEEDS_DIR
-    found = {}
-    for run_dir in sorted(seeds_dir.glob("seed_*")):
-        best = run_dir / "best.pt"
-        if best.exists():
-            found[int(run_dir.name.split("_", 1)[1])] = best
-    if not found:
-        raise CheckpointError(
-            f"no best.pt under {seeds_dir}/seed_*: is {experiment_dir} an ensemble experiment "
-            "(python -m ray_jobs.ensemble --storage ... --name ...)?"
-        )
-    return dict(sorted(found.items()))
 
 
 @dataclass
@@ -57,14 +44,26 @@ class Ensemble:
     device: torch.device
 
     @classmethod
-    def load(cls, experiment_dir: Path, device: str = "cpu") -> "Ensemble":
-        """Best checkpoint of each seed, on any device (an H100 checkpoint loads on CPU)."""
-        members, payloads = {}, {}
-        for seed, path in best_checkpoints(experiment_dir).items():
+    def load(cls, experiment_dir: Optional[Path] = None, device: str = "cpu",
+             runs: Optional[Sequence[str | Path]] = None) -> "Ensemble":
+        """Best checkpoint of each seed, on any device (an H100 checkpoint loads on CPU).
+
+        The members are a Tune experiment's seeds (``experiment_dir``) or ``train.py`` run folders
+        (``runs``, see :mod:`ray_jobs.members`); they must share one config and one panel.
+        """
+        members, payloads, paths = {}, {}, member_checkpoints(experiment_dir, runs)
+        for seed, path in paths.items():
             model, payload = load_model(path, device=device)
             members[seed], payloads[seed] = model.eval(), payload
-        first = next(iter(payloads.values()))
+        first_seed, first = next(iter(payloads.items()))
         for seed, payload in payloads.items():
+            differ = config_differences(first["config"], payload["config"])
+            if differ:
+                raise ConfigError(
+                    f"{paths[seed]} (seed {seed}) was trained with another config than {paths[first_seed]} "
+                    f"(seed {first_seed}): {'; '.join(differ[:5])}. An ensemble's members share one config: "
+                    "retrain the odd one with the same --config and --set values, or leave it out."
+                )
             if payload["data_fingerprint"] != first["data_fingerprint"]:
                 raise CheckpointError(
                     f"seed {seed} was trained on other data ({payload['data_fingerprint'][:12]} vs "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,10 @@ class EnsembleInputs:
     features: torch.Tensor  # (T, N, F) float32, normalised with the training-span statistics
 
     @classmethod
-    def load(cls, experiment: Path, data: Optional[str], device: str) -> "EnsembleInputs":
-        ensemble = Ensemble.load(experiment, device=device)
+    def load(cls, experiment: Optional[Path], data: Optional[str], device: str,
+             runs: Optional[Sequence[str | Path]] = None) -> "EnsembleInputs":
+        """The members of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two)."""
+        ensemble = Ensemble.load(experiment, device=device, runs=runs)
         cfg = ensemble.cfg
         panel = load_panel(cfg.data, data)
         normalizer = Normalizer.from_dict(ensemble.normalizer)

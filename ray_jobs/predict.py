@@ -2,6 +2,7 @@
 
   python -m ray_jobs.predict --experiment runs/ensembles/NAME --date 2024-06-28 --out weights.parquet
   python -m ray_jobs.predict --experiment runs/ensembles/NAME --split test --out test_weights.parquet
+  python -m ray_jobs.predict --runs models/ensemble/model_* --date 2024-06-28 --out weights.parquet
 
 The output is long: one row per (date, factor) with a ``weight`` column; each date's weights sum
 to 1.  For a split, rebalances are every ``horizon`` days, each trading from the previous one.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,13 +20,16 @@ from core.errors import DataError, PortfolioTrainerError
 from core.files import atomic_path
 from core.cli import CliParser, run_cli
 from ray_jobs.inference import EnsembleInputs
+from ray_jobs.members import add_member_arguments
 
 
-def predict(experiment: Path, out: Path, data=None, date=None, split=None, device="cpu", force=False):
+def predict(experiment: Optional[Path], out: Path, data=None, date=None, split=None, device="cpu", force=False,
+            runs: Optional[Sequence[str]] = None):
+    """Weights of the ensemble of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two)."""
     out = Path(out)
     if out.exists() and not force:
         raise DataError(f"--out {out} already exists; pass --force to replace it, or choose another path.")
-    inputs = EnsembleInputs.load(Path(experiment), data, device)
+    inputs = EnsembleInputs.load(experiment, data, device, runs=runs)
     if date is not None:
         indices = np.array([inputs.decision_for_date(date)])
     else:
@@ -46,7 +51,7 @@ def predict(experiment: Path, out: Path, data=None, date=None, split=None, devic
 
 def main(argv=None) -> int:
     p = CliParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", required=True, help="ensemble experiment folder (STORAGE/NAME)")
+    add_member_arguments(p)
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the one in the config, else the embedded panel)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--date", help="decision date (the last panel date on or before it is used)")
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     return run_cli(lambda: predict(
-        Path(args.experiment), Path(args.out), args.data, args.date, args.split, args.device, args.force
+        args.experiment, Path(args.out), args.data, args.date, args.split, args.device, args.force, runs=args.runs
     ))
 
 
