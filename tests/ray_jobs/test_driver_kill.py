@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import process_group
 from ray_jobs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,20 +24,6 @@ pytestmark = pytest.mark.slow
 
 def _epochs(run_dir: Path) -> list[int]:
     return [row["epoch"] for row in read_history(run_dir)]
-
-
-def _group(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of a process group: the driver, its raylet, GCS, workers..."""
-    members = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.add(int(proc.name))
-    return members
 
 
 def test_killed_driver_is_finished_by_resume(tmp_path):
@@ -52,13 +39,13 @@ def test_killed_driver_is_finished_by_resume(tmp_path):
                 time.sleep(0.2)
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert _epochs(seeds / "seed_1") == [1], "seed 1 never finished an epoch"
-            cluster = _group(driver.pid)
+            cluster = process_group(driver.pid)
             assert len(cluster) > 3  # driver, GCS, raylet, workers...
         finally:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and the cluster it started
             driver.wait()
     time.sleep(1)
-    assert _group(driver.pid) == set()
+    assert process_group(driver.pid) == set()
     assert not (seeds / "seed_1" / "finished.json").exists()
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)

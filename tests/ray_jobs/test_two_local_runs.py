@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import command_line, process_group
+
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 pytestmark = pytest.mark.slow
@@ -28,20 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _group(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.add(int(proc.name))
-    return members
 
 
 @pytest.fixture
@@ -59,7 +47,7 @@ def other_cluster():
         head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not any("gcs_server" in _cmdline(pid) for pid in _group(head.pid)):
+        while not any("gcs_server" in command_line(pid) for pid in process_group(head.pid)):
             assert head.poll() is None and time.monotonic() < deadline, (Path(temp_dir) / "start.log").read_text()
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
@@ -70,17 +58,10 @@ def other_cluster():
         except subprocess.TimeoutExpired:
             pass
         deadline = time.monotonic() + 15
-        while _group(head.pid) and time.monotonic() < deadline:
+        while process_group(head.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        for pid in _group(head.pid):
+        for pid in process_group(head.pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def test_second_local_run_keeps_its_placement_group_cleaner(other_cluster, tmp_path):
