@@ -28,6 +28,12 @@ class TrainingError(PortfolioTrainerError, RuntimeError):
     """Training cannot go on (NaN/inf loss or gradient, refused output directory, ...)."""
 
 
+class CompileError(TrainingError):
+    """torch.compile failed: a graph break under ``fullgraph=True``, the recompile limit, or the
+    compiler itself.  Never answered by running eagerly instead; the fix is the code or
+    ``training.compile=false``."""
+
+
 class CheckpointError(PortfolioTrainerError, RuntimeError):
     """A checkpoint is missing, corrupt or incompatible with the code."""
 

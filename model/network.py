@@ -3,8 +3,9 @@
 x (B, L, N, F) --encoder--> h (B, H) --heads--> mu (B, N), cov_factor (B, N, k), cov_diag (B, N)
 --portfolio layer (float64)--> weights (B, N).
 
-The encoder and heads run in float32 (bf16 autocast possible on CUDA; the heads' outputs stay
-float32); the portfolio layer receives float64 copies and solves outside autocast.  Apple MPS has
+The encoder and heads run in float32 (bf16 under autocast, on CUDA or CPU; the heads' outputs stay
+float32) and may be compiled as one graph (:meth:`XLSTMPortfolio.compile_moments`); the
+portfolio layer stays eager, receives float64 copies and solves outside autocast.  Apple MPS has
 no float64, so on MPS the solve (and the float64 loss) runs on the CPU: the moments cross to the
 CPU inside autograd and the weights come back on the CPU (:func:`solve_device`).
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from core.config import Config
+from model.compiled import RECOMPILE_LIMIT, CompiledMoments
 from model.encoder import XLSTMEncoder
 from model.heads import FactorHeads, MomentHeads, check_shape
 from model.spec import ModelSpec
@@ -73,6 +75,8 @@ class XLSTMPortfolio(nn.Module):
             horizon=spec.prediction_horizon,
         )
         self.portfolio = PortfolioLayer(self.n_assets, self.cov_rank, spec.portfolio)
+        self.compiled_moments: CompiledMoments | None = None
+        """Set by :meth:`compile_moments`; None = eager."""
         self.to(device)
 
     @classmethod
@@ -91,8 +95,18 @@ class XLSTMPortfolio(nn.Module):
         -------
         mu (B, N), cov_factor (B, N, k), cov_diag (B, N), all float32.
         """
+        if self.compiled_moments is not None:
+            return self.compiled_moments(x)
+        return self._moments(x)
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, N, H) factorwise, (B, H) panel
         return self.heads(h)
+
+    def compile_moments(self, recompile_limit: int = RECOMPILE_LIMIT, backend: str = "inductor") -> None:
+        """torch.compile the encoder + heads (one graph, :mod:`model.compiled`); the portfolio
+        layer stays eager.  The modules and the state dict are unchanged (no ``_orig_mod.`` keys)."""
+        self.compiled_moments = CompiledMoments(self._moments, recompile_limit, backend)
 
     def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None) -> ModelOutput:
         """Moments and the portfolio chosen from them.

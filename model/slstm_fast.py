@@ -63,7 +63,11 @@ def _slstm_pointwise(
     iraw, fraw, zraw, oraw = raw.unbind(dim=0)  # 4 x (B, H)
     logfplusm = m + F.logsigmoid(fraw)
     # Upstream's test for "first step" (a zero normaliser): there the stabiliser starts at iraw.
-    mnew = iraw if torch.all(n == 0.0) else torch.max(iraw, logfplusm)
+    # Upstream branches in Python (``iraw if torch.all(n == 0.0) else ...``); a 0-d ``where`` picks
+    # the same values and routes the gradient the same way, without a host sync per step or a
+    # torch.compile graph break (tests/model/test_compile.py pins zero breaks).
+    first_step = torch.all(n == 0.0)  # 0-d bool, on the device
+    mnew = torch.where(first_step, iraw, torch.max(iraw, logfplusm))
     ogate = torch.sigmoid(oraw)
     igate = torch.minimum(torch.exp(iraw - mnew), torch.ones_like(iraw))
     fgate = torch.minimum(torch.exp(logfplusm - mnew), torch.ones_like(iraw))
