@@ -133,9 +133,11 @@ class TrainingConfig:
     device: Literal["cpu", "cuda", "mps"]
     """Refused at start when not available; never replaced by another device."""
     precision: Literal["float32", "bfloat16"] = "float32"
-    """bfloat16 = autocast on CUDA (the portfolio layer always solves in float64)."""
+    """bfloat16 = bf16 autocast of the encoder and heads on cuda or cpu (not mps); the heads'
+    outputs stay float32 and the portfolio layer always solves in float64."""
     compile: bool = False
-    """torch.compile the encoder (CUDA only)."""
+    """torch.compile the encoder + heads as one graph (cuda or cpu, not mps); the portfolio layer
+    stays eager.  A graph break or the recompile limit stops the run (CompileError)."""
     alpha_return: float = 1.0
     """Weight of the return loss (MSE of predicted vs realised horizon returns)."""
     beta_cov: float = 0.5
@@ -382,13 +384,17 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(tr.patience >= 1, src, "training.patience", tr.patience, "must be >= 1")
     for key in ("alpha_return", "beta_cov", "gamma_sharpe", "lambda_tc", "weight_decay", "min_delta"):
         _check(getattr(tr, key) >= 0, src, f"training.{key}", getattr(tr, key), "must be >= 0")
+    # CPU runs both (the rehearsal of the GPU job: tests/ray_jobs/test_precision.py); MPS has never
+    # been run with either here, and inductor's MPS backend is a prototype: refused, not tried.
     _check(
-        tr.precision == "float32" or tr.device == "cuda", src, "training.precision", tr.precision,
-        f"bfloat16 autocast is supported on cuda only (device = {tr.device!r}); set training.precision=float32",
+        tr.precision == "float32" or tr.device in ("cuda", "cpu"), src, "training.precision", tr.precision,
+        f"bfloat16 autocast runs on cuda and cpu only, not on {tr.device!r} (this project has not run "
+        "torch's MPS autocast); set training.precision=float32",
     )
     _check(
-        not tr.compile or tr.device == "cuda", src, "training.compile", tr.compile,
-        f"torch.compile is enabled on cuda only (device = {tr.device!r}); set training.compile=false",
+        not tr.compile or tr.device in ("cuda", "cpu"), src, "training.compile", tr.compile,
+        f"torch.compile runs on cuda and cpu only, not on {tr.device!r} (inductor's MPS backend is a "
+        "prototype in torch 2.13); set training.compile=false",
     )
     _check(
         tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, src, "training.steps_per_epoch",

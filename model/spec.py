@@ -36,7 +36,8 @@ class ModelSpec:
     num_factors: int
     num_features: int
     precision: Literal["float32", "bfloat16"] = "float32"
-    """The xLSTM blocks' compute dtype (bfloat16 only under CUDA autocast)."""
+    """The CUDA sLSTM kernel's compute dtype (its parameters stay float32).  The pure-torch blocks
+    take their dtype from the training loop's autocast (cuda or cpu), not from here."""
 
     @classmethod
     def of(cls, cfg: Config) -> "ModelSpec":
@@ -46,7 +47,8 @@ class ModelSpec:
                    d.num_factors, d.num_features, cfg.training.precision)
 
     def for_device(self, device: str) -> "ModelSpec":
-        """The same model for ``device``: off CUDA, float32 blocks and no CUDA sLSTM kernel.
+        """The same model for ``device``: off CUDA, a float32 spec and no CUDA sLSTM kernel (a
+        checkpoint is loaded off CUDA for inference, which runs without autocast).
 
         The weights are backend- and precision-neutral, so this changes how, not what, the model
         computes (an H100 checkpoint loads on a laptop).

@@ -76,7 +76,7 @@ class WorkerRun:
     prepared: PreparedData
     source: WindowSource
     model: XLSTMPortfolio
-    fwd: torch.nn.Module  # the model, or its DDP / torch.compile wrapper (what the steps call)
+    fwd: torch.nn.Module  # the model, or its DDP wrapper (what the steps call)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shard: object  # Ray Data's DataIterator of this worker's training indices
@@ -139,11 +139,11 @@ def start_worker(settings: LoopSettings) -> tuple[WorkerRun, SeedState]:
     optimizer, scheduler = make_optimizer(model, cfg)
     run = WorkerRun(settings, rank, world, device, prepared, source, model,
                     fwd=model, optimizer=optimizer, scheduler=scheduler, shard=None)
-    state = restore(run)  # before DDP / compile wrap the model
+    state = restore(run)  # before DDP wraps the model
     if world > 1:
         run.fwd = ray.train.torch.prepare_model(model, move_to_device=False)
     if cfg.training.compile:
-        run.fwd = torch.compile(run.fwd)
+        model.compile_moments()  # encoder + heads, one graph; the portfolio solve stays eager
     if rank == 0:
         run.writer = open_writer(settings.run_dir, state.epoch)
     run.shard = ray.train.get_dataset_shard("train")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from core.config import Config
-from core.errors import SolverError, TrainingError
+from core.errors import DeviceError, SolverError, TrainingError
 from data.scoring import score_weights
 from data.splits import rebalance_indices
 from model.losses import compute_losses, term_weights
@@ -61,10 +61,16 @@ def make_optimizer(model: torch.nn.Module, cfg: Config):
 
 
 def autocast(cfg: Config, device: torch.device):
-    """bf16 autocast on CUDA when configured; the portfolio layer disables it for its float64 solve."""
-    if cfg.training.precision == "bfloat16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast on cuda or cpu when configured; the heads and the portfolio layer disable it
+    for their float32 outputs and float64 solve.  bfloat16 elsewhere is refused, never ignored."""
+    if cfg.training.precision == "float32":
+        return contextlib.nullcontext()
+    if device.type not in ("cuda", "cpu"):
+        raise DeviceError(
+            f"training.precision = {cfg.training.precision!r} on {device.type}: bf16 autocast runs on cuda "
+            "and cpu only; set training.precision=float32."
+        )
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def equal_weights(batch: int, n: int, device: torch.device) -> torch.Tensor:

@@ -104,7 +104,10 @@ BAD_CONFIGS = [
      r"= 'tpu' is not allowed; expected one of 'cpu'"),
     ("unknown_precision", _put("training", "precision", "float16"), "training.precision",
      r"= 'float16' is not allowed; expected one of 'float32', 'bfloat16'"),
-    ("bf16_on_cpu", _put("training", "precision", "bfloat16"), "training.precision", r"= 'bfloat16'.*cuda only"),
+    ("bf16_on_mps", lambda r: r["training"].update(device="mps", precision="bfloat16"), "training.precision",
+     r"= 'bfloat16' is invalid: bfloat16 autocast runs on cuda and cpu only, not on 'mps'"),
+    ("compile_on_mps", lambda r: r["training"].update(device="mps", compile=True), "training.compile",
+     r"= True is invalid: torch.compile runs on cuda and cpu only, not on 'mps'"),
     ("infeasible_max_weight", _put("portfolio", "max_weight", 0.005), "portfolio.max_weight",
      r"= 0\.005 is invalid: max_weight \* num_factors must be >= 1"),
     ("duplicate_seeds", _put("ensemble", "seeds", [1, 1]), "ensemble.seeds", r"= \[1, 1\].*distinct"),
@@ -121,6 +124,12 @@ def test_bad_config_is_refused_with_file_key_and_value(tmp_path, case, edit, key
         load_config(path)
     message = str(info.value)
     assert str(path) in message and key in message, message
+
+
+def test_bf16_and_compile_are_allowed_on_cpu():
+    """The GPU job's precision and compile rehearse on CPU (tests/ray_jobs/test_precision.py)."""
+    cfg = load_config(SMOKE, ["training.precision=bfloat16", "training.compile=true"])
+    assert (cfg.training.device, cfg.training.precision, cfg.training.compile) == ("cpu", "bfloat16", True)
 
 
 def test_set_overrides_apply_and_are_checked():
