@@ -3,6 +3,7 @@
   python -m benchmarks.step --config configs/model_config_mac_test.yaml --set training.device=cpu [--threads 1]
   python -m benchmarks.step --config configs/model_config_h100_full.yaml --steps 20 --json out.json
 
+bf16 autocast and torch.compile (encoder + heads) as the config says, as in training.
 Parts: data (gathering the windows from the panel held on the device), encoder + heads forward,
 portfolio layer forward, loss, portfolio layer + loss backward, encoder backward, optimiser step.
 The backward is split with ``torch.autograd.grad`` at the moments (mu, B, d).  Prints a table
@@ -73,11 +74,13 @@ def run(cfg, steps: int, warmup: int) -> dict:
     from model.network import XLSTMPortfolio
     from ray_jobs.steps import make_optimizer
 
-    device = torch.device(check_device(cfg.training.device))
+    device = torch.device(check_device(cfg.training.device, cfg.training.precision))
     prepared = prepare(cfg)
     source = prepared.window_source(device)
     torch.manual_seed(0)
     model = XLSTMPortfolio.from_config(cfg, device=device.type).to(device).train()
+    if cfg.training.compile:
+        model.compile_moments()  # as the seed loop does: encoder + heads, one graph (compiled in warmup)
     optimizer, _ = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(0)
     train = torch.as_tensor(np.array(prepared.splits.train))
@@ -90,7 +93,8 @@ def run(cfg, steps: int, warmup: int) -> dict:
     parts = {k: statistics.median(v) for k, v in timings.items()}
     total = sum(parts.values())
     return {
-        "config": cfg.to_dict(), "device": str(device), "machine": platform.processor() or platform.machine(),
+        "config": cfg.to_dict(), "device": str(device), "precision": cfg.training.precision,
+        "compile": cfg.training.compile, "slstm_backend": model.encoder.slstm_backend, "machine": platform.processor() or platform.machine(),
         "cuda_device": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "threads": torch.get_num_threads(), "steps": steps, "batch_size": cfg.training.batch_size,
         "median_s": parts, "step_s": total, "samples_per_s": cfg.training.batch_size / total,

@@ -172,6 +172,8 @@ def fit(run: WorkerRun, state: SeedState) -> None:
         if stop:
             stop_reason = f"patience ({tr.patience} epochs without a val_sharpe gain)"
         metrics = epoch_metrics(stats, val, state, run.optimizer, stop)
+        if run.device.type == "cuda":  # this seed's share of a packed GPU (benchmarks/gpu_check.sh)
+            metrics["peak_device_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if run.rank == 0:
             say(progress_line(seed, tr.max_epochs, metrics))
         report_epoch(run, state, metrics, improved)

@@ -41,6 +41,12 @@ def test_head_and_h100_workers_installing_this_project():
     assert "." in cfg["file_mounts"].values()
 
 
+def test_gpu_nodes_can_build_the_slstm_cuda_kernel():
+    """nvcc + ninja on the GPU nodes (the kernel JIT-builds on first use; benchmarks/gpu_check.sh)."""
+    worker_cmds = " ".join(_load()["worker_setup_commands"])
+    assert "pip install ninja" in worker_cmds and "/usr/local/cuda/bin" in worker_cmds and "nvcc" in worker_cmds
+
+
 def test_dashboard_is_not_exposed_publicly():
     cfg = _load()
     head_cmds = " ".join(cfg["head_start_ray_commands"])
