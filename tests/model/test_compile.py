@@ -23,6 +23,14 @@ FEW_FACTORS = ["data.num_factors=4", "portfolio.max_weight=0.5"]
 CPU = ["training.device=cpu", "training.precision=float32", "training.compile=false", "resources.gpus_per_worker=0"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test traces from an empty dynamo cache (no guards or graphs of another test's models)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def shipped_model(name: str, *overrides: str) -> XLSTMPortfolio:
     """A shipped config's model as built on CPU: its lookback, patches, layers, hidden size and cell types."""
     cfg = load_config(CONFIGS / f"model_config_{name}.yaml", [*CPU, *overrides])

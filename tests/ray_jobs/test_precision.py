@@ -30,6 +30,14 @@ WEIGHTS_ATOL = 0.05
 the mean-variance solution amplifies the moments' bf16 round-off through Sigma^-1)."""
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test traces from an empty dynamo cache (no guards or graphs of another test's models)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def batch():
     cfg = load_config(SMOKE, NO_DROPOUT)
