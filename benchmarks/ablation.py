@@ -54,6 +54,11 @@ def run(args) -> list[dict]:
     train = prep.splits.train
     scales = gradient_scales(cfg, model, source, train, seed=args.seed) if tr.loss_scaling == "gradient" else None
     steps = tr.steps_per_epoch or len(train) // tr.batch_size
+    # Weight averages evaluated beside the trained weights: they change nothing in training, so
+    # one run compares the raw and the averaged model on the same trajectory.
+    averages = {d: torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d), use_buffers=True)
+        for d in args.ema}
     rng, rows = np.random.default_rng(args.seed), []
     for epoch in range(1, tr.max_epochs + 1):
         torch.manual_seed(args.seed * 100_003 + epoch)
@@ -66,6 +71,8 @@ def run(args) -> list[dict]:
                                     Path("ablation"), scales)
             norms.append(norm)
             terms.append(t)
+            for avg in averages.values():
+                avg.update_parameters(model)
         scheduler.step()
         val = validate(cfg, model, source, prep.splits.val, scales=scales)
         row = {"epoch": epoch, "grad_median": float(np.median(norms)),
@@ -75,6 +82,11 @@ def run(args) -> list[dict]:
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
                "val_loss": val["val_loss"], "val_ic": val_ic(cfg, model, source, prep.splits.val),
                "seconds": time.perf_counter() - start}
+        for d, avg in averages.items():
+            v = validate(cfg, avg.module, source, prep.splits.val, scales=scales)
+            row[f"val_sharpe_ema{d}"] = v["val_sharpe_ratio"]
+            row[f"val_turnover_ema{d}"] = v["val_turnover"]
+            row[f"val_ic_ema{d}"] = val_ic(cfg, avg.module, source, prep.splits.val)
         rows.append(row)
         print(json.dumps({"tag": args.tag, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}),
               flush=True)
@@ -86,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="run config (YAML); the synthetic panel unless data.panel_path")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
     p.add_argument("--tag", default="", help="label printed on every line")
+    p.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
+                   help="also validate an exponential moving average of the weights with this per-step decay "
+                        "(repeatable; training is unchanged)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     return run_cli(lambda: run(args))
