@@ -65,7 +65,12 @@ def run(args) -> list[dict]:
         model.train()
         order, start, norms, terms = rng.permutation(train), time.perf_counter(), [], []
         for step in range(steps):
-            idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])
+            if args.batch_dates == "blocks":  # B rebalance dates h days apart from a random start
+                span = (tr.batch_size - 1) * cfg.data.prediction_horizon
+                first = int(rng.integers(0, len(train) - span))
+                idx = torch.as_tensor(train[first: first + span + 1: cfg.data.prediction_horizon].copy())
+            else:
+                idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])
             x, r_daily, r_horizon = source.gather(idx)
             t, norm = training_step(cfg, model, optimizer, x, r_daily, r_horizon, epoch, step + 1,
                                     Path("ablation"), scales)
@@ -98,6 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="run config (YAML); the synthetic panel unless data.panel_path")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
     p.add_argument("--tag", default="", help="label printed on every line")
+    p.add_argument("--batch-dates", choices=["random", "blocks"], default="random",
+                   help="random: shuffled training dates (the Ray loop's batches); blocks: each batch is "
+                        "batch_size consecutive rebalance dates, one horizon apart, from a random start")
     p.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
                    help="also validate an exponential moving average of the weights with this per-step decay "
                         "(repeatable; training is unchanged)")
