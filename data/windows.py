@@ -186,8 +186,11 @@ def load_panel(data_cfg: DataConfig, panel_path: str | None = None) -> Panel:
     return panel
 
 
-def prepare(cfg: Config, panel_path: str | None = None) -> PreparedData:
+def prepare(cfg: Config, panel_path: str | None = None, splits: Splits | None = None) -> PreparedData:
     """Load and validate the panel, cut the purged splits, fit the normalizer on train only.
+
+    ``splits`` replaces the config's single split (a walk-forward fold, :mod:`data.folds`); the
+    normalizer is then fitted on that fold's train span.
 
     Raises
     ------
@@ -195,6 +198,12 @@ def prepare(cfg: Config, panel_path: str | None = None) -> PreparedData:
         Any contract violation, too few dates, or a constant feature in the training span.
     """
     panel = load_panel(cfg.data, panel_path)
-    splits = splits_for(len(panel.dates), cfg.data)
+    if splits is None:
+        splits = splits_for(len(panel.dates), cfg.data)
+    elif int(splits.test[-1]) + cfg.data.prediction_horizon > len(panel.dates) - 1:
+        raise DataError(
+            f"the given splits end at decision {int(splits.test[-1])}, but the panel's {len(panel.dates)} dates "
+            f"allow decisions up to {len(panel.dates) - 1 - cfg.data.prediction_horizon}: another panel?"
+        )
     normalizer = Normalizer.fit(panel.features, int(splits.train[-1]), panel.feature_names)
     return PreparedData(panel, splits, normalizer, cfg.data)

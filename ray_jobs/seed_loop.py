@@ -27,6 +27,7 @@ from tensorboardX import SummaryWriter
 
 from core.config import Config, check_device
 from core.errors import PortfolioTrainerError
+from data.splits import Splits
 from data.windows import PreparedData, WindowSource, prepare
 from model.checkpoint import load_neutral_state_dict, save_checkpoint
 from model.network import XLSTMPortfolio
@@ -46,6 +47,8 @@ class LoopSettings:
     run_dir: Path  # absolute: <storage>/seed_<seed>, the run folder (ray_jobs/run_folder.py)
     panel_path: str | None  # absolute Parquet path, or None for the embedded synthetic panel
     n_train: int  # training decisions: the local shuffle buffer holds all of them
+    splits: Splits | None = None  # a walk-forward fold's train / val / test (data.folds); None: the config's
+
 
     def __post_init__(self):
         if not Path(self.run_dir).is_absolute():
@@ -132,7 +135,7 @@ def start_worker(settings: LoopSettings) -> tuple[WorkerRun, SeedState]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device(cfg)
-    prepared = prepare(cfg, settings.panel_path)
+    prepared = prepare(cfg, settings.panel_path, splits=settings.splits)
     source = prepared.window_source(device)
     seed_everything(settings.seed)  # before the model is built: same init on every rank
     model = XLSTMPortfolio.from_config(cfg, device=device.type).to(device)

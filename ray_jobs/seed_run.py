@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 
 from core.config import Config
 from core.errors import DeviceError
+from data.splits import Splits
 from data.windows import absolute_panel_path, prepare
 from ray_jobs import ray_cluster
 from ray_jobs.run_folder import (
@@ -52,11 +53,13 @@ def build_trainer(
     train_indices,
     panel_path: Optional[str] = None,
     callbacks: Sequence = (),
+    splits: Optional[Splits] = None,
 ) -> TorchTrainer:
     """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``.
 
     The workers resume from the newest good checkpoint in that directory (a restarted worker, or a
-    re-run of an interrupted seed: Train V2 dropped ``resume_from_checkpoint``).
+    re-run of an interrupted seed: Train V2 dropped ``resume_from_checkpoint``).  ``splits``: a
+    walk-forward fold's spans (``train_indices`` is then its train span), else the config's split.
     """
     tr = cfg.training
     name = seed_run_name(seed)
@@ -69,7 +72,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": LoopSettings(cfg=cfg, seed=seed, run_dir=run_dir, panel_path=panel_path,
-                                                    n_train=len(train_indices))},
+                                                    n_train=len(train_indices), splits=splits)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=tr.device == "cuda", resources_per_worker=resources
         ),
