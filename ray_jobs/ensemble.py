@@ -57,8 +57,9 @@ def seed_trial(trial_config: dict, run: TrialRun) -> None:
     trainer.fit()
 
 
-def _trainable(run: TrialRun):
-    return tune.with_resources(tune.with_parameters(seed_trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
+def trial_trainable(run, trial=seed_trial):
+    """``trial(trial_config, run=run)`` as a Tune trainable holding a sliver of a CPU."""
+    return tune.with_resources(tune.with_parameters(trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
 
 
 def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> TrialRun:
@@ -85,9 +86,16 @@ def seeds_at_once(cfg: Config) -> int:
 
 
 def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
+    return grid_tuner(trial_trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)),
+                      {"seed": tune.grid_search([int(s) for s in seeds])}, cfg, experiment_dir)
+
+
+def grid_tuner(trainable, param_space: dict, cfg: Config, experiment_dir: Path):
+    """One trial per point of ``param_space``'s grid, as many at once as :func:`seeds_at_once`,
+    stored at ``experiment_dir``; Tune's metric is ``val_sharpe`` (no scheduler compares trials)."""
     return tune.Tuner(
-        _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)),
-        param_space={"seed": tune.grid_search([int(s) for s in seeds])},
+        trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric="val_sharpe", mode="max", num_samples=1,
             max_concurrent_trials=seeds_at_once(cfg),
@@ -102,9 +110,13 @@ def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_p
 
 
 def restore_tuner(cfg: Config, experiment_dir: Path, train_indices, panel_path):
+    return restore_grid(trial_trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)), experiment_dir)
+
+
+def restore_grid(trainable, experiment_dir: Path):
+    """The interrupted Tune experiment at ``experiment_dir``, its errored trials to be run again."""
     if not tune.Tuner.can_restore(str(experiment_dir)):
         raise ConfigError(f"--resume: {experiment_dir} holds no Tune experiment to restore; drop --resume to start one.")
-    trainable = _trainable(run_spec(cfg, experiment_dir, train_indices, panel_path))
     return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
 
 
