@@ -73,7 +73,8 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
 def baseline_rows(inputs, split: str) -> dict:
     """Minimum variance and sample mean-variance (ray_jobs.backtest's baselines) on a split."""
     from data import horizon_returns
-    from ray_jobs.backtest import baseline_weights, chained_prev
+    from data.baselines import baseline_weights
+    from ray_jobs.backtest import chained_prev
     from data.scoring import score_weights
 
     cfg, h = inputs.ensemble.cfg, inputs.horizon
@@ -81,8 +82,8 @@ def baseline_rows(inputs, split: str) -> dict:
     returns = inputs.panel.returns
     r_h = horizon_returns(returns, h)[idx]
     out = {}
-    for name, use_mean in (("min variance", False), ("sample mean-variance", True)):
-        w = baseline_weights(returns, idx, h, cfg.portfolio, use_mean=use_mean)
+    for name in ("min variance", "sample mean-variance"):
+        w = baseline_weights(name, returns, idx, cfg.portfolio)
         out[name] = score_weights(idx, w, chained_prev(w), r_h, cfg.portfolio.tc_rate, h)
     return out
 

@@ -16,9 +16,11 @@ policy trading from its previous weights (1/N before the first rebalance), net o
   up to t (skfolio's ``InverseVolatility``); with ``long_only`` and ``max_weight``, clipped at
   max_weight and the rest renormalised, repeatedly (:func:`cap_weights`), so the weights are
   ``min(max_weight, c / sigma_i)`` with c such that they sum to 1;
-- **min variance** and **sample mean-variance**: estimated from the ``ESTIMATION_DAYS`` daily
-  returns up to the decision date (no look-ahead), scaled to the horizon, the covariance shrunk
-  towards its diagonal, optimised without the cost term (costs are charged all the same).
+- **min variance**, **sample mean-variance**, **risk parity** (equal risk contribution) and **HRP**:
+  skfolio's ``MeanRisk``, ``RiskBudgeting`` and ``HierarchicalRiskParity`` on the ``ESTIMATION_DAYS``
+  daily returns up to the decision date (no look-ahead), the covariance shrunk towards its diagonal,
+  under the training constraints, optimised without the cost term (costs are charged all the same);
+  risk parity and HRP only long-only (:mod:`data.baselines`).
 
 Every row has the Sharpe ratio's standard error ``sharpe_se`` (Lo 2002, iid:
 :func:`data.scoring.sharpe_standard_error`).  Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
@@ -26,7 +28,6 @@ Every row has the Sharpe ratio's standard error ``sharpe_se`` (Lo 2002, iid:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -40,57 +41,14 @@ from skfolio.optimization import InverseVolatility
 from core.cli import CliParser, run_cli
 from core.errors import ConfigError, DataError, PortfolioTrainerError
 from data import horizon_returns
+from data.baselines import ESTIMATION_DAYS, SHRINKAGE, baseline_weights, baselines_for, check_history
 from data.oracle import probe_weights
 from data.scoring import TRADING_DAYS, PolicyResult, max_drawdown, score_weights, sharpe_standard_error
 from data.windows import prepare
 from portfolio.constraints import describe, infeasibility
-from portfolio.cvx import solve_reference
 from ray_jobs.analyze import to_markdown
 from ray_jobs.inference import EnsembleInputs
 from ray_jobs.members import add_member_arguments, members_label
-
-ESTIMATION_DAYS = 252
-SHRINKAGE = 0.2  # weight of the diagonal target in the sample covariance
-
-
-def sample_moments(returns: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Horizon mean and shrunk covariance from the daily returns of dates t-E+1..t (no look-ahead).
-
-    Sigma = (1 - s) * S + s * diag(S) with S the sample covariance, kept in factor form for the
-    solver: B = sqrt((1 - s) / (E - 1)) * X_c^T (n, E) and d = s * diag(S), both times horizon.
-    Returns mu (n,), B (n, E), d (n,).
-    """
-    window = returns[max(0, t - ESTIMATION_DAYS + 1): t + 1]  # (E, N), dates <= t only
-    centred = window - window.mean(axis=0)  # (E, N)
-    e = window.shape[0]
-    factor = np.sqrt((1 - SHRINKAGE) / (e - 1) * horizon) * centred.T  # (N, E)
-    diag = SHRINKAGE * centred.var(axis=0, ddof=1) * horizon  # (N,)
-    return window.mean(axis=0) * horizon, factor, diag
-
-
-def _check_history(indices: np.ndarray) -> None:
-    if indices[0] < ESTIMATION_DAYS - 1:
-        raise PortfolioTrainerError(
-            f"the baselines need {ESTIMATION_DAYS} days of history before the first test rebalance "
-            f"(index {indices[0]}); use a longer panel."
-        )
-
-
-def baseline_weights(returns: np.ndarray, indices: np.ndarray, horizon: int, cfg, use_mean: bool) -> np.ndarray:
-    """Chained solves of minimum variance (use_mean=False) or sample mean-variance (cvxpy, Clarabel)."""
-    _check_history(indices)
-    n = returns.shape[1]
-    # The classic baselines: no cost term in their objective (with it, 5-day risk is too small
-    # to ever pay for leaving 1/N, and "minimum variance" would be 1/N); costs are still charged.
-    classic = dataclasses.replace(cfg, tc_rate=0.0)
-    prev, rows = np.full(n, 1.0 / n), []
-    for t in indices:
-        mu, factor, diag = sample_moments(returns, int(t), horizon)
-        w = solve_reference(mu if use_mean else np.zeros(n), factor, diag, prev, classic, tol=1e-8)
-        rows.append(w)
-        prev = w
-    return np.vstack(rows)
-
 
 def cap_weights(weights: np.ndarray, max_weight: float) -> np.ndarray:
     """Clip long-only weights at ``max_weight`` and renormalise the others, until none exceeds it.
@@ -134,7 +92,7 @@ def inverse_volatility_weights(returns: np.ndarray, indices: np.ndarray, cfg) ->
     ``InverseVolatility``: w_i proportional to 1 / sigma_i); with ``long_only`` and a
     ``max_weight``, :func:`cap_weights` enforces the bound.  Returns (K, N) float64.
     """
-    _check_history(indices)
+    check_history(indices)
     rows = []
     for t in indices:
         window = returns[int(t) - ESTIMATION_DAYS + 1: int(t) + 1]  # (E, N), dates <= t only
@@ -170,22 +128,21 @@ def summary_row(name: str, result: PolicyResult) -> dict:
 
 
 def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dict[str, np.ndarray]:
-    """Weights (K, N) of the probe, 1/N, inverse volatility, min variance, sample mean-variance.
+    """Weights (K, N) of the probe, 1/N, inverse volatility, min variance, sample mean-variance and,
+    long-only, risk parity and HRP (skfolio: :mod:`data.baselines`).
 
     The probe's ridge and normaliser come from ``data.prepare`` on the ensemble's config and the
     same panel (``data``, else the config's): fitted on that panel's train split.
     """
 
     cfg = inputs.ensemble.cfg
-    pf, h, returns = cfg.portfolio, inputs.horizon, inputs.panel.returns
-    n = returns.shape[1]
-    return {
-        "probe": probe_weights(prepare(cfg, data), idx, pf),
-        "1/N": np.full((len(idx), n), 1.0 / n),
-        "inverse volatility": inverse_volatility_weights(returns, idx, pf),
-        "min variance": baseline_weights(returns, idx, h, pf, use_mean=False),
-        "sample mean-variance": baseline_weights(returns, idx, h, pf, use_mean=True),
-    }
+    pf, returns = cfg.portfolio, inputs.panel.returns
+    policies = {"probe": probe_weights(prepare(cfg, data), idx, pf)}
+    for name in baselines_for(pf):
+        policies[name] = baseline_weights(name, returns, idx, pf)
+        if name == "1/N":
+            policies["inverse volatility"] = inverse_volatility_weights(returns, idx, pf)
+    return policies
 
 
 def run_backtest(experiment: Optional[Path], data=None, device: str = "cpu",
@@ -240,9 +197,9 @@ Every policy decides from data up to its decision date only and trades from its 
   and cost as the ensemble (`data.oracle.probe_weights`); a trained model should reach at least this;
 - **inverse volatility**: weights proportional to 1/sigma of the last {ESTIMATION_DAYS} daily
   returns; long_only weights above max weight are clipped and the rest renormalised, repeatedly;
-- **min variance**, **sample mean-variance**: sample moments of the last {ESTIMATION_DAYS} daily
-  returns (covariance shrunk {SHRINKAGE:g} towards its diagonal), optimised without the cost term;
-  costs are charged all the same.
+- **min variance**, **sample mean-variance**, **risk parity**, **HRP** (skfolio): sample moments of the
+  last {ESTIMATION_DAYS} daily returns (covariance shrunk {SHRINKAGE:g} towards its diagonal), under the
+  same constraints, optimised without the cost term; costs are charged all the same.
 """
 
 

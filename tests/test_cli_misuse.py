@@ -30,6 +30,8 @@ def _missing_file_argv(name: str, tmp) -> tuple[list[str], str]:
         return ["--returns", str(missing), "--out", str(tmp / "panel.parquet")], str(missing)
     missing = tmp / "config.yaml"
     extra = ["--output", str(tmp / "out")] if name in ("train", "ray_jobs.demo") else []
+    if name == "ray_jobs.walkforward":
+        extra = ["--folds", "2", "--storage", str(tmp / "out"), "--name", "wf"]
     return ["--config", str(missing), *extra], str(missing)
 
 

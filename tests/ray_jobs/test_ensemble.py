@@ -140,7 +140,7 @@ def test_backtest_report(experiment, tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     policies = set(metrics["policy"])
     assert policies == {"ensemble", "seed 42", "seed 123", "probe", "1/N", "inverse volatility", "min variance",
-                        "sample mean-variance"}
+                        "sample mean-variance", "risk parity", "HRP"}
     assert list(metrics.columns) == ["policy", "annual_return", "annual_volatility", "sharpe", "sharpe_se",
                                      "max_drawdown", "turnover"]
     assert (metrics["sharpe_se"] > 0).all()

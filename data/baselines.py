@@ -1,0 +1,119 @@
+"""Classic baselines from skfolio, under the training constraints, at given decision dates.
+
+Every policy decides at decision index t from the ``ESTIMATION_DAYS`` daily returns of dates
+t-E+1..t only (no look-ahead), under the constraints of ``PortfolioConfig``: long_only
+``0 <= w <= max_weight``, ``sum w = 1``; long_short ``sum w = 1``, ``||w||_1 <= leverage``
+(as skfolio's ``max_long = (L + 1) / 2`` and ``max_short = (L - 1) / 2``).  Moments are daily;
+the horizon scales mean and covariance alike, which moves no optimum of these objectives.
+
+* **1/N**: ``EqualWeighted``.
+* **min variance** / **sample mean-variance**: ``MeanRisk`` (variance; ``max mu'w - gamma w'Sigma w`` with
+  the training ``risk_aversion`` gamma), the covariance shrunk ``SHRINKAGE`` towards its diagonal
+  (:class:`DiagonalShrunkCovariance`: skfolio's ``ShrunkCovariance`` shrinks towards a scaled
+  identity, another target, so this one estimator is written here in skfolio's API).  No cost
+  term in the objective: with it, 5-day risk never pays for leaving 1/N and "min variance"
+  degenerates to 1/N; the backtest charges the costs all the same.
+* **risk parity**: ``RiskBudgeting`` with equal budgets (equal risk contribution), same covariance.
+* **HRP**: ``HierarchicalRiskParity`` (variance) on the window's returns.
+
+Inverse volatility is in :mod:`ray_jobs.backtest`: skfolio's ``InverseVolatility`` takes no weight
+bounds, so the ``max_weight`` cap is applied there by hand (:func:`ray_jobs.backtest.cap_weights`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skfolio.exceptions import OptimizationError
+from skfolio.measures import RiskMeasure
+from skfolio.moments import BaseCovariance
+from skfolio.optimization import EqualWeighted, HierarchicalRiskParity, MeanRisk, ObjectiveFunction, RiskBudgeting
+from skfolio.prior import EmpiricalPrior
+
+from core.config import PortfolioConfig
+from core.errors import DataError, SolverError
+
+ESTIMATION_DAYS = 252
+SHRINKAGE = 0.2  # weight of the diagonal target in the sample covariance
+# Clarabel's default tolerances leave min-variance weights ~2e-4 from the exact optimum (daily
+# variances ~1e-4 make the objective tiny); these match a direct cvxpy solve to ~2e-5.
+SOLVER_PARAMS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+
+
+class DiagonalShrunkCovariance(BaseCovariance):
+    """``(1 - shrinkage) * S + shrinkage * diag(S)``, S the sample covariance (ddof 1)."""
+
+    def __init__(self, shrinkage: float = SHRINKAGE, nearest: bool = True, higham: bool = False,
+                 higham_max_iteration: int = 100):
+        super().__init__(nearest=nearest, higham=higham, higham_max_iteration=higham_max_iteration)
+        self.shrinkage = shrinkage
+
+    def fit(self, X, y=None) -> "DiagonalShrunkCovariance":
+        x = np.asarray(X, dtype=np.float64)  # (E, N)
+        sample = np.cov(x, rowvar=False, ddof=1)  # (N, N)
+        shrunk = (1 - self.shrinkage) * sample + self.shrinkage * np.diag(np.diag(sample))
+        self._set_covariance(shrunk)
+        return self
+
+
+def _prior() -> EmpiricalPrior:
+    return EmpiricalPrior(covariance_estimator=DiagonalShrunkCovariance())
+
+
+def _bounds(pf: PortfolioConfig) -> dict:
+    if pf.constraint == "long_only":
+        return {"min_weights": 0.0, "max_weights": 1.0 if pf.max_weight is None else pf.max_weight}
+    return {"min_weights": None, "max_weights": None,
+            "max_long": (pf.leverage + 1) / 2, "max_short": (pf.leverage - 1) / 2}
+
+
+def skfolio_model(name: str, pf: PortfolioConfig):
+    """An unfitted skfolio estimator of one baseline under the constraints of ``pf``."""
+    bounds = _bounds(pf)
+    if name == "1/N":
+        return EqualWeighted()
+    if name == "min variance":
+        return MeanRisk(risk_measure=RiskMeasure.VARIANCE, prior_estimator=_prior(), budget=1.0,
+                        solver_params=SOLVER_PARAMS, **bounds)
+    if name == "sample mean-variance":
+        return MeanRisk(objective_function=ObjectiveFunction.MAXIMIZE_UTILITY, risk_measure=RiskMeasure.VARIANCE,
+                        risk_aversion=pf.risk_aversion, prior_estimator=_prior(), budget=1.0,
+                        solver_params=SOLVER_PARAMS, **bounds)
+    if pf.constraint != "long_only":
+        raise SolverError(f"the {name!r} baseline is long-only (skfolio's {name} has no leverage budget); "
+                          "it is not run for portfolio.constraint = 'long_short'.")
+    if name == "risk parity":
+        return RiskBudgeting(risk_measure=RiskMeasure.VARIANCE, prior_estimator=_prior(), solver_params=SOLVER_PARAMS,
+                             **bounds)
+    if name == "HRP":
+        return HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE, **bounds)
+    raise DataError(f"unknown baseline {name!r}; one of {list(BASELINES)}.")
+
+
+BASELINES = ("1/N", "min variance", "sample mean-variance", "risk parity", "HRP")
+
+
+def baselines_for(pf: PortfolioConfig) -> tuple[str, ...]:
+    """The baselines that run under ``pf`` (risk parity and HRP are long-only)."""
+    return BASELINES if pf.constraint == "long_only" else BASELINES[:3]
+
+
+def check_history(indices: np.ndarray) -> None:
+    if int(np.min(indices)) < ESTIMATION_DAYS - 1:
+        raise DataError(
+            f"the baselines need {ESTIMATION_DAYS} days of history before the first rebalance "
+            f"(index {int(np.min(indices))}); use a longer panel."
+        )
+
+
+def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) weights of baseline ``name`` at decision indices (K,) from daily returns (T, N)."""
+    check_history(indices)
+    rows = []
+    for t in np.asarray(indices):
+        window = returns[int(t) - ESTIMATION_DAYS + 1: int(t) + 1]  # (E, N), dates <= t only
+        try:
+            # a fresh estimator per date: a refitted one may start from its previous solution
+            rows.append(np.asarray(skfolio_model(name, pf).fit(window).weights_, dtype=np.float64))
+        except OptimizationError as exc:
+            raise SolverError(f"the {name} baseline (skfolio) failed at decision index {int(t)}: {exc}") from None
+    return np.vstack(rows)
