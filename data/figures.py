@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import brentq
 from scipy.stats import norm
 
 from core.errors import DataError
 from data.scoring import TRADING_DAYS, PolicyResult, annualised_sharpe, max_drawdown, sharpe_standard_error
 
+BENCHMARK = "1/N"  # the policy every other is tested against
 CVAR_LEVEL = 0.95
 COST_SWEEP_BP = (0.0, 5.0, 10.0, 20.0)
 
@@ -145,3 +147,22 @@ def break_even_cost(result: PolicyResult, benchmark: PolicyResult, max_rate: flo
     if gap(max_rate) > 0.0:
         return math.inf
     return float(brentq(gap, 0.0, max_rate, xtol=1e-10))
+
+
+def figures_table(results: dict[str, PolicyResult], benchmark: str = BENCHMARK) -> pd.DataFrame:
+    """One row per policy: :func:`policy_figures`, the Sharpe difference to ``benchmark`` with its
+    p-value and the break-even cost (not for the benchmark itself), and the :func:`cost_sweep`."""
+    if benchmark not in results:
+        raise DataError(f"figures_table: the benchmark {benchmark!r} is not among the policies {list(results)}.")
+    bench = results[benchmark]
+    rows = []
+    for name, res in results.items():
+        row = {"policy": name, **policy_figures(res)}
+        if name != benchmark:
+            diff = sharpe_difference(res.net, bench.net, res.horizon)
+            row.update(sharpe_vs_1n=diff["difference"], p_value_vs_1n=diff["p_value"],
+                       break_even_cost=break_even_cost(res, bench))
+        row.update(cost_sweep(res))
+        rows.append(row)
+    first = next(r for r in rows if r["policy"] != benchmark)  # has every column, in report order
+    return pd.DataFrame(rows, columns=list(first))

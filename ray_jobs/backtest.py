@@ -22,13 +22,13 @@ policy trading from its previous weights (1/N before the first rebalance), net o
   under the training constraints, optimised without the cost term (costs are charged all the same);
   risk parity and HRP only long-only (:mod:`data.baselines`).
 
-Every row has the Sharpe ratio's standard error ``sharpe_se`` (Lo 2002, iid:
-:func:`data.scoring.sharpe_standard_error`).  Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
+Every row has the figures of :func:`data.figures.figures_table` (the walk-forward's too): Sharpe with
+its standard error (Lo 2002), Sortino, Calmar, CVaR 95 %, the Sharpe difference to 1/N with its
+p-value, the break-even cost and a cost sweep.  Writes ``report.md``, ``metrics.csv`` and ``equity.png``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,7 +43,8 @@ from core.errors import ConfigError, DataError, PortfolioTrainerError
 from data import horizon_returns
 from data.baselines import ESTIMATION_DAYS, SHRINKAGE, baseline_weights, baselines_for, check_history
 from data.oracle import probe_weights
-from data.scoring import TRADING_DAYS, PolicyResult, max_drawdown, score_weights, sharpe_standard_error
+from data.figures import figures_table
+from data.scoring import score_weights
 from data.windows import prepare
 from portfolio.constraints import describe, infeasibility
 from ray_jobs.analyze import to_markdown
@@ -114,19 +115,6 @@ def chained_prev(weights: np.ndarray) -> np.ndarray:
     return np.vstack([np.full((1, n), 1.0 / n), weights[:-1]])
 
 
-def summary_row(name: str, result: PolicyResult) -> dict:
-    periods = TRADING_DAYS / result.horizon
-    return {
-        "policy": name,
-        "annual_return": float(result.net.mean() * periods),
-        "annual_volatility": float(result.net.std(ddof=1) * math.sqrt(periods)),
-        "sharpe": result.sharpe,
-        "sharpe_se": sharpe_standard_error(result.net, result.horizon),
-        "max_drawdown": max_drawdown(result.net),
-        "turnover": result.mean_turnover,
-    }
-
-
 def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dict[str, np.ndarray]:
     """Weights (K, N) of the probe, 1/N, inverse volatility, min variance, sample mean-variance and,
     long-only, risk parity and HRP (skfolio: :mod:`data.baselines`).
@@ -161,7 +149,7 @@ def run_backtest(experiment: Optional[Path], data=None, device: str = "cpu",
     policies.update({f"seed {s}": w.cpu().numpy() for s, w in ens.member_weights(x).items()})
     policies.update(baseline_policies(inputs, idx, data))
     results = {k: score_weights(idx, w, chained_prev(w), r_h, cfg.tc_rate, h) for k, w in policies.items()}
-    table = pd.DataFrame([summary_row(k, r) for k, r in results.items()])
+    table = figures_table(results)
     return table, results, inputs, idx
 
 
@@ -188,7 +176,11 @@ REPORT_NOTES = f"""
 Annualised with 252 trading days; turnover is one-way per rebalance.  `sharpe_se` is the Sharpe
 ratio's standard error (Lo 2002, iid returns): sqrt((1 + s^2 / 2) / n) * sqrt(252 / horizon) with
 n rebalances and s the per-period Sharpe.  It is the sampling error of one policy's Sharpe; the
-policies share the test dates, so a difference between two has its own (usually smaller) error.
+policies share the test dates, so a difference between two has its own (usually smaller) error:
+`sharpe_vs_1n` and `p_value_vs_1n` are the difference to 1/N and its two-sided p-value (Ledoit-Wolf
+2008, HAC).  `sortino`, `calmar`, `cvar_95` (mean loss of the worst 5 % of periods),
+`break_even_cost` (the cost per unit traded at which the Sharpe falls to 1/N's) and `sharpe_<c>bp`
+(the same weights charged c basis points per unit traded) are defined in docs/evaluation.md.
 Every policy decides from data up to its decision date only and trades from its previous weights
 (1/N first):
 

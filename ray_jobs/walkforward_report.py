@@ -19,15 +19,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from data import horizon_returns
-from data.figures import break_even_cost, cost_sweep, policy_figures, sharpe_difference
+from data.figures import BENCHMARK, figures_table
 from data.folds import FoldPlan
 from data.scoring import score_weights
 from ray_jobs.analyze import to_markdown
 from ray_jobs.backtest import baseline_policies, chained_prev
 from ray_jobs.inference import EnsembleInputs
 from ray_jobs.report_plots import plot_report
-
-BENCHMARK = "1/N"
 
 
 @dataclass
@@ -60,22 +58,6 @@ def _join(outputs: list[FoldOutputs], seeds) -> dict[str, np.ndarray]:
     for seed in seeds:
         policies[f"seed {seed}"] = np.vstack([o.members[seed] for o in outputs])
     return policies
-
-
-def policy_table(results: dict) -> pd.DataFrame:
-    """One row per policy: the figures, the Sharpe difference to 1/N with its p-value, the cost sweep
-    and the break-even cost."""
-    bench = results[BENCHMARK]
-    rows = []
-    for name, res in results.items():
-        row = {"policy": name, **policy_figures(res)}
-        if name != BENCHMARK:
-            diff = sharpe_difference(res.net, bench.net, res.horizon)
-            row.update(sharpe_vs_1n=diff["difference"], p_value_vs_1n=diff["p_value"],
-                       break_even_cost=break_even_cost(res, bench))
-        row.update(cost_sweep(res))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def members_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -123,7 +105,7 @@ def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cp
     cfg, h = first.ensemble.cfg, first.horizon
     r_h = horizon_returns(first.panel.returns, h)[idx]  # (K, N)
     results = {k: score_weights(idx, w, chained_prev(w), r_h, cfg.portfolio.tc_rate, h) for k, w in policies.items()}
-    table = policy_table(results)
+    table = figures_table(results)
     folds = fold_table(plan, outputs, results, first.panel.dates)
     return results, table, folds, first, idx
 

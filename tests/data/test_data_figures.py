@@ -109,3 +109,18 @@ def test_cost_sweep_and_break_even_cost_recharge_the_same_weights():
     c = break_even_cost(rich, equal_b)
     net = pd.Series(rich.gross - c * traded)
     assert c > 0 and net.mean() / net.std() * math.sqrt(252 / H) == pytest.approx(equal_b.sharpe, abs=1e-8)
+
+
+def test_figures_table_rows_and_columns():
+    from data.figures import figures_table
+
+    res, r = _result(6)
+    n = r.shape[1]
+    eq = np.full_like(res.weights, 1 / n)
+    table = figures_table({"1/N": score_weights(res.indices, eq, eq, r, 0.001, H), "model": res}).set_index("policy")
+    assert list(table.columns)[:9] == ["annual_return", "annual_volatility", "sharpe", "sharpe_se", "sortino",
+                                       "max_drawdown", "calmar", "cvar_95", "turnover"]
+    assert np.isnan(table.loc["1/N", "p_value_vs_1n"]) and 0 <= table.loc["model", "p_value_vs_1n"] <= 1
+    assert table.loc["model", "sharpe"] == pytest.approx(res.sharpe)
+    with pytest.raises(DataError, match="benchmark '1/N'"):
+        figures_table({"model": res})

@@ -141,8 +141,9 @@ def test_backtest_report(experiment, tmp_path):
     policies = set(metrics["policy"])
     assert policies == {"ensemble", "seed 42", "seed 123", "probe", "1/N", "inverse volatility", "min variance",
                         "sample mean-variance", "risk parity", "HRP"}
-    assert list(metrics.columns) == ["policy", "annual_return", "annual_volatility", "sharpe", "sharpe_se",
-                                     "max_drawdown", "turnover"]
+    assert list(metrics.columns) == ["policy", "annual_return", "annual_volatility", "sharpe", "sharpe_se", "sortino",
+                                     "max_drawdown", "calmar", "cvar_95", "turnover", "sharpe_vs_1n", "p_value_vs_1n",
+                                     "break_even_cost", "sharpe_0bp", "sharpe_5bp", "sharpe_10bp", "sharpe_20bp"]
     assert (metrics["sharpe_se"] > 0).all()
     assert (tmp_path / "equity.png").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
