@@ -115,20 +115,31 @@ def chained_prev(weights: np.ndarray) -> np.ndarray:
     return np.vstack([np.full((1, n), 1.0 / n), weights[:-1]])
 
 
-def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None) -> dict[str, np.ndarray]:
+BASELINE_POLICIES = ("probe", "1/N", "inverse volatility", "min variance", "sample mean-variance", "risk parity", "HRP")
+
+
+def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None,
+                      only: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     """Weights (K, N) of the probe, 1/N, inverse volatility, min variance, sample mean-variance and,
-    long-only, risk parity and HRP (skfolio: :mod:`data.baselines`).
+    long-only, risk parity and HRP (skfolio: :mod:`data.baselines`); ``only``: those of them (1/N,
+    the benchmark of every comparison, always).
 
     The probe's ridge and normaliser come from ``data.prepare`` on the ensemble's config and the
     same panel (``data``, else the config's): fitted on that panel's train split.
     """
-
     cfg = inputs.ensemble.cfg
     pf, returns = cfg.portfolio, inputs.panel.returns
-    policies = {"probe": probe_weights(prepare(cfg, data), idx, pf)}
+    wanted = set(BASELINE_POLICIES if only is None else [*only, "1/N"])
+    unknown = wanted - set(BASELINE_POLICIES)
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {sorted(unknown)}; choose from {list(BASELINE_POLICIES)}.")
+    policies = {}
+    if "probe" in wanted:
+        policies["probe"] = probe_weights(prepare(cfg, data), idx, pf)
     for name in baselines_for(pf):
-        policies[name] = baseline_weights(name, returns, idx, pf)
-        if name == "1/N":
+        if name in wanted:
+            policies[name] = baseline_weights(name, returns, idx, pf)
+        if name == "1/N" and "inverse volatility" in wanted:
             policies["inverse volatility"] = inverse_volatility_weights(returns, idx, pf)
     return policies
 

@@ -32,10 +32,12 @@ from core.errors import ConfigError
 from data.folds import WINDOWS, FoldPlan, folds_for
 from data.windows import absolute_panel_path, load_panel, prepare
 from ray_jobs import ray_cluster
+from ray_jobs.backtest import BASELINE_POLICIES
 from ray_jobs.ensemble import grid_tuner, restore_grid, trial_trainable
 from ray_jobs.run_folder import clear_failure, ensure_writable, seed_failure, seed_run_name
 from ray_jobs.seed_run import build_trainer, check_cluster_devices
 
+BASELINE_KEYS = {name.replace(" ", "-"): name for name in BASELINE_POLICIES}  # command-line spelling
 PLAN_FILE = "walkforward.json"  # the folds, window and seeds of a run: --resume must match them
 
 
@@ -79,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override a config value, e.g. --set training.max_epochs=5")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--device", default="cpu", help="device for the out-of-sample predictions (default cpu)")
+    p.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINE_KEYS), metavar="NAME",
+                   help="baselines to score (default all: " + " ".join(BASELINE_KEYS) + "); 1/N always")
     return p.parse_args(argv)
 
 
@@ -159,7 +163,8 @@ def run(args) -> Path:
     print(f"walk-forward {experiment_dir.name}: {len(plan)} folds ({args.window}) x seeds {list(seeds)}\n"
           + describe_plan(plan, dates))
     train_folds(cfg, plan, seeds, experiment_dir, panel_path, args.resume, args.num_cpus)
-    report = walk_forward_report(experiment_dir, plan, panel_path, args.device)
+    baselines = None if args.baselines is None else [BASELINE_KEYS[b] for b in args.baselines]
+    report = walk_forward_report(experiment_dir, plan, panel_path, args.device, baselines)
     print(f"\nreport: {report}")
     return experiment_dir
 

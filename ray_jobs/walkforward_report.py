@@ -91,7 +91,7 @@ def _slice_sharpe(result, part: slice) -> float:
     return annualised_sharpe(result.net[part], result.horizon)
 
 
-def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu"):
+def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu", baselines=None):
     """(results per policy, per-policy table, per-fold table, inputs of fold 0, oos rebalances)."""
     outputs, first = [], None
     for j in range(len(plan)):
@@ -101,7 +101,7 @@ def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cp
     idx = np.concatenate([o.rebalances for o in outputs])  # == plan.oos[::horizon]
     seeds = sorted(set.intersection(*(set(o.members) for o in outputs)))
     policies = _join(outputs, seeds)
-    policies.update(baseline_policies(first, idx, panel_path))
+    policies.update(baseline_policies(first, idx, panel_path, only=baselines))
     cfg, h = first.ensemble.cfg, first.horizon
     r_h = horizon_returns(first.panel.returns, h)[idx]  # (K, N)
     results = {k: score_weights(idx, w, chained_prev(w), r_h, cfg.portfolio.tc_rate, h) for k, w in policies.items()}
@@ -110,8 +110,10 @@ def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cp
     return results, table, folds, first, idx
 
 
-def walk_forward_report(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu") -> Path:
-    results, table, folds, inputs, idx = evaluate(experiment_dir, plan, panel_path, device)
+def walk_forward_report(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu", baselines=None) -> Path:
+    """Evaluate (``baselines``: names of :data:`ray_jobs.backtest.BASELINE_POLICIES`, None for all)
+    and write the report; returns the path of ``report.md``."""
+    results, table, folds, inputs, idx = evaluate(experiment_dir, plan, panel_path, device, baselines)
     out = Path(experiment_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     full = pd.concat([table, members_summary(table)], ignore_index=True)

@@ -33,6 +33,7 @@ def _args(storage: Path, *extra: str):
         "--config", str(SMOKE), "--folds", str(FOLDS), "--seeds", *map(str, SEEDS), "--storage", str(storage),
         "--name", "wf", "--set", f"training.max_epochs={EPOCHS}", "--set", "training.steps_per_epoch=12",
         "--set", "training.patience=5", "--set", "ensemble.max_concurrent=1", "--set", "ensemble.max_failures=0",
+        "--baselines", "inverse-volatility",  # the optimised ones take ~1.5 s a rebalance: tested in tests/data
         *extra,
     ])
 
@@ -64,7 +65,7 @@ def walk_forward(ray_cluster, tmp_path_factory):
     killed_dir = storage / "wf" / f"fold_{KILLED[0]}" / f"seed_{KILLED[1]}"
     killer = threading.Thread(target=_kill_when_epoch_logged, args=(killed_dir, seen, ray_cluster), daemon=True)
     killer.start()
-    with pytest.raises(TrainingError, match=r"1 walk-forward trial\(s\) failed \(\[\(1, 123\)\] as \(fold, seed\)\)"
+    with pytest.raises(TrainingError, match=r"(?s)1 walk-forward trial\(s\) failed \(\[\(1, 123\)\] as \(fold, seed\)\)"
                                             r".*--resume") as failure:
         run(_args(storage))
     killer.join(timeout=5)
@@ -113,9 +114,8 @@ def test_report_has_every_policy_figure_and_plot(walk_forward):
     experiment, _ = walk_forward
     report = experiment / "report"
     table = pd.read_csv(report / "metrics.csv").set_index("policy")
-    expected = {"ensemble", *(f"seed {s}" for s in SEEDS), "1/N", "probe", "inverse volatility",
-                "members mean", "members std"}
-    assert expected <= set(table.index)
+    expected = {"ensemble", *(f"seed {s}" for s in SEEDS), "1/N", "inverse volatility", "members mean", "members std"}
+    assert set(table.index) == expected
     for column in ("annual_return", "annual_volatility", "sharpe", "sharpe_se", "sortino", "max_drawdown",
                    "calmar", "cvar_95", "turnover", "sharpe_vs_1n", "p_value_vs_1n", "break_even_cost",
                    "sharpe_0bp", "sharpe_5bp", "sharpe_10bp", "sharpe_20bp"):
