@@ -22,6 +22,8 @@ bounds, so the ``max_weight`` cap is applied there by hand (:func:`ray_jobs.back
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from skfolio.exceptions import OptimizationError
 from skfolio.measures import RiskMeasure
@@ -105,8 +107,8 @@ def check_history(indices: np.ndarray) -> None:
         )
 
 
-def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
-    """(K, N) weights of baseline ``name`` at decision indices (K,) from daily returns (T, N)."""
+def skfolio_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) weights of baseline ``name`` by skfolio's estimator, one fit per date (the reference)."""
     check_history(indices)
     rows = []
     for t in np.asarray(indices):
@@ -117,3 +119,53 @@ def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: Po
         except OptimizationError as exc:
             raise SolverError(f"the {name} baseline (skfolio) failed at decision index {int(t)}: {exc}") from None
     return np.vstack(rows)
+
+
+FAST = ("min variance", "sample mean-variance")
+"""Baselines with a fast path (:func:`mean_variance_weights`); the others are skfolio's own."""
+
+
+def mean_variance_weights(returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig, use_mean: bool) -> np.ndarray:
+    """(K, N) min variance (``use_mean`` False) or sample mean-variance weights, all dates in one batch.
+
+    The problem of skfolio's ``MeanRisk`` above (covariance shrunk towards its diagonal, no cost
+    term) written in the portfolio layer's factor form, ``Sigma = B B^T + diag(d)`` with
+    ``B = sqrt((1 - s) / (E - 1)) * centred window^T`` (N, E) and ``d = s * var``, and solved for every
+    decision date at once by the layer's exact torch solver (the constraints of
+    :mod:`portfolio.constraints`).  Min variance is ``mu = 0``; any risk aversion gives its optimum.
+    Measured (``benchmarks.baselines``): ~100x faster than one skfolio fit per date on 104 factors;
+    the tests hold it to skfolio's weights within 5e-5.
+    """
+    import torch
+
+    from portfolio.layer import PortfolioLayer
+
+    check_history(indices)
+    idx = np.asarray(indices, dtype=np.int64)
+    offsets = np.arange(-ESTIMATION_DAYS + 1, 1)
+    windows = np.asarray(returns, dtype=np.float64)[idx[:, None] + offsets]  # (K, E, N), dates <= t
+    centred = windows - windows.mean(axis=1, keepdims=True)
+    factor = np.sqrt((1 - SHRINKAGE) / (ESTIMATION_DAYS - 1)) * centred.transpose(0, 2, 1)  # (K, N, E)
+    diag = SHRINKAGE * centred.var(axis=1, ddof=1)  # (K, N)
+    mu = windows.mean(axis=1) if use_mean else np.zeros(diag.shape)  # (K, N)
+    # the objective over its largest coefficient (same minimiser; daily variances ~1e-4 would
+    # leave the solver's absolute tolerances loose), as portfolio.cvx.objective_scale does
+    scale = np.maximum(np.abs(mu).max(1), 2 * pf.risk_aversion * (diag + (factor**2).sum(2)).max(1))  # (K,)
+    mu, factor, diag = mu / scale[:, None], factor / np.sqrt(scale)[:, None, None], diag / scale[:, None]
+    classic = dataclasses.replace(pf, tc_rate=0.0, solver="torch")
+    layer = PortfolioLayer(diag.shape[1], ESTIMATION_DAYS, classic)
+    prev = np.full(diag.shape, 1.0 / diag.shape[1])
+    with torch.no_grad():
+        w = layer(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (mu, factor, diag, prev)))
+    return w.numpy()
+
+
+def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) weights of baseline ``name`` at decision indices (K,) from daily returns (T, N).
+
+    Min variance and sample mean-variance take the fast path (:func:`mean_variance_weights`, held
+    to :func:`skfolio_weights` by the tests); 1/N, risk parity and HRP are skfolio's fits.
+    """
+    if name in FAST:
+        return mean_variance_weights(returns, indices, pf, use_mean=name == "sample mean-variance")
+    return skfolio_weights(name, returns, indices, pf)
