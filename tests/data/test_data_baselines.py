@@ -1,4 +1,4 @@
-"""The skfolio baselines: the old hand-written cvxpy solves where both exist, constraints, no look-ahead."""
+"""The baselines: the fast path against skfolio (the reference) and the old cvxpy solves, constraints, no look-ahead."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from core.config import PortfolioConfig
 from core.errors import DataError, SolverError
-from data.baselines import ESTIMATION_DAYS, baseline_weights, baselines_for
+from data.baselines import ESTIMATION_DAYS, FAST, SHRINKAGE, baseline_weights, baselines_for, skfolio_weights
 from panel_helpers import make_returns
 from references import cvxpy_baseline_weights
 
@@ -21,6 +21,39 @@ def returns() -> np.ndarray:
 
 
 IDX = np.arange(260, 400, 20)
+
+
+def _objective(w: np.ndarray, window: np.ndarray, pf, use_mean: bool) -> float:
+    """mu'w - gamma w'Sigma w of one date, Sigma shrunk towards its diagonal (to be maximised)."""
+    s = np.cov(window, rowvar=False)
+    cov = (1 - SHRINKAGE) * s + SHRINKAGE * np.diag(np.diag(s))
+    return (window.mean(0) @ w if use_mean else 0.0) - pf.risk_aversion * w @ cov @ w
+
+
+@pytest.mark.parametrize("pf", [LONG_ONLY, LONG_SHORT], ids=["long_only", "long_short"])
+@pytest.mark.parametrize("name", FAST)
+def test_fast_path_matches_skfolio(returns, pf, name):
+    """The batched torch solve against skfolio's MeanRisk fits: weights within 1e-4 (skfolio's
+    Clarabel stops ~1e-4 short on the flat min-variance objective; measured 8e-5 on 104 factors), and
+    the fast path's objective never worse than skfolio's (up to 1e-9 of it, round-off)."""
+    fast = baseline_weights(name, returns, IDX, pf)
+    ref = skfolio_weights(name, returns, IDX, pf)
+    np.testing.assert_allclose(fast, ref, atol=1e-4, err_msg=f"{name} ({pf.constraint})")
+    use_mean = name == "sample mean-variance"
+    for k, t in enumerate(IDX):
+        window = returns[t - ESTIMATION_DAYS + 1: t + 1]
+        f, r = _objective(fast[k], window, pf, use_mean), _objective(ref[k], window, pf, use_mean)
+        assert f >= r - 1e-9 * abs(r), (name, pf.constraint, k, f, r)
+
+
+def test_fast_path_matches_skfolio_on_104_factors():
+    """The benchmark's size, long-only with a binding cap (0.1 on 104 factors)."""
+    pf = PortfolioConfig(constraint="long_only", max_weight=0.1, risk_aversion=1.0, tc_rate=0.0005)
+    big = make_returns(300, 104, seed=9).to_numpy()
+    idx = np.array([260, 280, 299])
+    for name in FAST:
+        np.testing.assert_allclose(baseline_weights(name, big, idx, pf), skfolio_weights(name, big, idx, pf),
+                                   atol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("pf", [LONG_ONLY, LONG_SHORT], ids=["long_only", "long_short"])
