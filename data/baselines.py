@@ -57,6 +57,21 @@ class DiagonalShrunkCovariance(BaseCovariance):
         return self
 
 
+class VarianceHRP(HierarchicalRiskParity):
+    """skfolio's HRP with the variance of a cluster's weights as ``w' Sigma w`` in numpy.
+
+    skfolio's own ``_risk`` builds a ``Portfolio`` (input checks, returns, costs) for each of the
+    ~3N risk evaluations of a fit.  With variance as the risk measure and no costs or fees, that
+    portfolio's risk is ``w' Sigma w`` of the prior's covariance; the clustering, the seriation and
+    the bisection with its weight bounds are skfolio's.  The tests hold it to the stock estimator.
+    """
+
+    def _risk(self, weights, return_distribution) -> float:
+        if self.risk_measure != RiskMeasure.VARIANCE:  # pragma: no cover - only variance is used here
+            return super()._risk(weights, return_distribution)
+        return float(weights @ return_distribution.covariance @ weights)
+
+
 def _prior() -> EmpiricalPrior:
     return EmpiricalPrior(covariance_estimator=DiagonalShrunkCovariance())
 
@@ -68,8 +83,9 @@ def _bounds(pf: PortfolioConfig) -> dict:
             "max_long": (pf.leverage + 1) / 2, "max_short": (pf.leverage - 1) / 2}
 
 
-def skfolio_model(name: str, pf: PortfolioConfig):
-    """An unfitted skfolio estimator of one baseline under the constraints of ``pf``."""
+def skfolio_model(name: str, pf: PortfolioConfig, fast: bool = False):
+    """An unfitted skfolio estimator of one baseline under the constraints of ``pf``; ``fast``:
+    :class:`VarianceHRP` for HRP (the others are the same either way)."""
     bounds = _bounds(pf)
     if name == "1/N":
         return EqualWeighted()
@@ -87,7 +103,7 @@ def skfolio_model(name: str, pf: PortfolioConfig):
         return RiskBudgeting(risk_measure=RiskMeasure.VARIANCE, prior_estimator=_prior(), solver_params=SOLVER_PARAMS,
                              **bounds)
     if name == "HRP":
-        return HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE, **bounds)
+        return (VarianceHRP if fast else HierarchicalRiskParity)(risk_measure=RiskMeasure.VARIANCE, **bounds)
     raise DataError(f"unknown baseline {name!r}; one of {list(BASELINES)}.")
 
 
@@ -107,15 +123,17 @@ def check_history(indices: np.ndarray) -> None:
         )
 
 
-def skfolio_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
-    """(K, N) weights of baseline ``name`` by skfolio's estimator, one fit per date (the reference)."""
+def skfolio_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig,
+                    fast: bool = False) -> np.ndarray:
+    """(K, N) weights of baseline ``name`` by skfolio's estimator, one fit per date (the reference;
+    ``fast``: :class:`VarianceHRP` for HRP)."""
     check_history(indices)
     rows = []
     for t in np.asarray(indices):
         window = returns[int(t) - ESTIMATION_DAYS + 1: int(t) + 1]  # (E, N), dates <= t only
         try:
             # a fresh estimator per date: a refitted one may start from its previous solution
-            rows.append(np.asarray(skfolio_model(name, pf).fit(window).weights_, dtype=np.float64))
+            rows.append(np.asarray(skfolio_model(name, pf, fast).fit(window).weights_, dtype=np.float64))
         except OptimizationError as exc:
             raise SolverError(f"the {name} baseline (skfolio) failed at decision index {int(t)}: {exc}") from None
     return np.vstack(rows)
@@ -133,8 +151,8 @@ def mean_variance_weights(returns: np.ndarray, indices: np.ndarray, pf: Portfoli
     ``B = sqrt((1 - s) / (E - 1)) * centred window^T`` (N, E) and ``d = s * var``, and solved for every
     decision date at once by the layer's exact torch solver (the constraints of
     :mod:`portfolio.constraints`).  Min variance is ``mu = 0``; any risk aversion gives its optimum.
-    Measured (``benchmarks.baselines``): ~100x faster than one skfolio fit per date on 104 factors;
-    the tests hold it to skfolio's weights within 5e-5.
+    Measured (``benchmarks.baselines``, docs/performance.md): 10-20x faster than one skfolio fit per
+    date on 104 factors; the tests hold it to skfolio's weights within 1e-4.
     """
     import torch
 
@@ -164,8 +182,10 @@ def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: Po
     """(K, N) weights of baseline ``name`` at decision indices (K,) from daily returns (T, N).
 
     Min variance and sample mean-variance take the fast path (:func:`mean_variance_weights`, held
-    to :func:`skfolio_weights` by the tests); 1/N, risk parity and HRP are skfolio's fits.
+    to :func:`skfolio_weights` by the tests); HRP is skfolio's with a cheaper risk evaluation
+    (:class:`VarianceHRP`); 1/N and risk parity are skfolio's fits (a risk parity problem built once
+    and re-solved was slower: its 104 x 252 covariance parameter makes cvxpy's re-solve ~0.4 s).
     """
     if name in FAST:
         return mean_variance_weights(returns, indices, pf, use_mean=name == "sample mean-variance")
-    return skfolio_weights(name, returns, indices, pf)
+    return skfolio_weights(name, returns, indices, pf, fast=True)

@@ -95,3 +95,11 @@ def test_refusals(returns):
     with pytest.raises(SolverError, match="long-only"):
         baseline_weights("HRP", returns, IDX, LONG_SHORT)
     assert baselines_for(LONG_SHORT) == ("1/N", "min variance", "sample mean-variance")
+
+
+def test_variance_hrp_is_skfolios_hrp(returns):
+    """The cheaper risk evaluation changes no weight (bounds binding and not)."""
+    loose = PortfolioConfig(constraint="long_only", max_weight=None, risk_aversion=1.0, tc_rate=0.0)
+    for pf in (LONG_ONLY, loose):
+        np.testing.assert_allclose(baseline_weights("HRP", returns, IDX, pf), skfolio_weights("HRP", returns, IDX, pf),
+                                   rtol=0, atol=1e-12)
