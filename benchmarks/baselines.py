@@ -4,7 +4,8 @@
 
 On the synthetic panel's daily returns (104 factors, ``data.synthetic.simulate``) it times, at K
 rebalances 5 days apart: each baseline of :mod:`data.baselines` (the fast path where there is one,
-and skfolio's estimator, the reference, on the first ``--reference`` dates), and the ensemble's part of
+and skfolio's stock estimator, the reference, on the first ``--reference`` dates; each warmed up on
+one date first), and the ensemble's part of
 a backtest (``Ensemble.weights`` + ``member_weights``: S untrained members of the config, which cost
 what trained ones do, on K random decision windows).  Prints seconds per rebalance and the totals
 as a ratio of the ensemble's time.
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     total = 0.0
     print(f"{'baseline':22s} {'fast ms/reb':>11s} {'skfolio ms/reb':>14s} {'fast total / ensemble':>22s}")
     for name in baselines_for(pf):
+        baseline_weights(name, returns, idx[:1], pf)  # warm: imports, first compile
+        skfolio_weights(name, returns, idx[:1], pf)
         start = time.perf_counter()
         baseline_weights(name, returns, idx, pf)
         fast = time.perf_counter() - start

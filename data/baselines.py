@@ -42,9 +42,14 @@ SOLVER_PARAMS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
 
 
 class DiagonalShrunkCovariance(BaseCovariance):
-    """``(1 - shrinkage) * S + shrinkage * diag(S)``, S the sample covariance (ddof 1)."""
+    """``(1 - shrinkage) * S + shrinkage * diag(S)``, S the sample covariance (ddof 1).
 
-    def __init__(self, shrinkage: float = SHRINKAGE, nearest: bool = True, higham: bool = False,
+    ``nearest`` is off by default: with positive variances the shrunk matrix is positive definite
+    (a PSD S plus a positive diagonal), so skfolio's nearest-PD repair would only cost its two
+    eigendecompositions (~15 % of a risk parity fit on 104 factors).
+    """
+
+    def __init__(self, shrinkage: float = SHRINKAGE, nearest: bool = False, higham: bool = False,
                  higham_max_iteration: int = 100):
         super().__init__(nearest=nearest, higham=higham, higham_max_iteration=higham_max_iteration)
         self.shrinkage = shrinkage
