@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 from skfolio.exceptions import OptimizationError
 from skfolio.measures import RiskMeasure
-from skfolio.moments import BaseCovariance
+from skfolio.moments import BaseCovariance, EmpiricalCovariance
 from skfolio.optimization import EqualWeighted, HierarchicalRiskParity, MeanRisk, ObjectiveFunction, RiskBudgeting
 from skfolio.prior import EmpiricalPrior
 
@@ -108,7 +108,10 @@ def skfolio_model(name: str, pf: PortfolioConfig, fast: bool = False):
         return RiskBudgeting(risk_measure=RiskMeasure.VARIANCE, prior_estimator=_prior(), solver_params=SOLVER_PARAMS,
                              **bounds)
     if name == "HRP":
-        return (VarianceHRP if fast else HierarchicalRiskParity)(risk_measure=RiskMeasure.VARIANCE, **bounds)
+        if fast:  # the sample covariance of E > N days is PSD: no nearest-PD repair (two eigendecompositions)
+            prior = EmpiricalPrior(covariance_estimator=EmpiricalCovariance(nearest=False))
+            return VarianceHRP(risk_measure=RiskMeasure.VARIANCE, prior_estimator=prior, **bounds)
+        return HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE, **bounds)
     raise DataError(f"unknown baseline {name!r}; one of {list(BASELINES)}.")
 
 
