@@ -16,6 +16,11 @@ the horizon scales mean and covariance alike, which moves no optimum of these ob
 * **risk parity**: ``RiskBudgeting`` with equal budgets (equal risk contribution), same covariance.
 * **HRP**: ``HierarchicalRiskParity`` (variance) on the window's returns.
 
+skfolio is the reference (:func:`skfolio_weights`); :func:`baseline_weights` takes a measured
+fast path where skfolio was the backtest's bottleneck (``benchmarks.baselines``, docs/performance.md):
+min variance and mean-variance in one batch of the portfolio layer's torch solver, HRP as
+:class:`VarianceHRP`; risk parity is skfolio's fit as is.
+
 Inverse volatility is in :mod:`ray_jobs.backtest`: skfolio's ``InverseVolatility`` takes no weight
 bounds, so the ``max_weight`` cap is applied there by hand (:func:`ray_jobs.backtest.cap_weights`).
 """
