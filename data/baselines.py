@@ -17,9 +17,11 @@ the horizon scales mean and covariance alike, which moves no optimum of these ob
 * **HRP**: ``HierarchicalRiskParity`` (variance) on the window's returns.
 
 skfolio is the reference (:func:`skfolio_weights`); :func:`baseline_weights` takes a measured
-fast path where skfolio was the backtest's bottleneck (``benchmarks.baselines``, docs/performance.md):
-min variance and mean-variance in one batch of the portfolio layer's torch solver, HRP as
-:class:`VarianceHRP`; risk parity is skfolio's fit as is.
+fast path where skfolio was the backtest's bottleneck (``benchmarks.baselines``, docs/performance.md),
+each held to skfolio's weights by the tests: min variance and mean-variance in one batch of the
+portfolio layer's torch solver; risk parity by Newton on the ERC problem for all dates at once,
+with skfolio's ``RiskBudgeting`` itself at any date where the ERC portfolio breaks ``max_weight``;
+HRP as skfolio's algorithm written out in scipy (:mod:`data.risk_parity`).
 
 Inverse volatility is in :mod:`ray_jobs.backtest`: skfolio's ``InverseVolatility`` takes no weight
 bounds, so the ``max_weight`` cap is applied there by hand (:func:`ray_jobs.backtest.cap_weights`).
@@ -30,14 +32,18 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 from skfolio.exceptions import OptimizationError
 from skfolio.measures import RiskMeasure
-from skfolio.moments import BaseCovariance, EmpiricalCovariance
+from skfolio.moments import BaseCovariance
 from skfolio.optimization import EqualWeighted, HierarchicalRiskParity, MeanRisk, ObjectiveFunction, RiskBudgeting
 from skfolio.prior import EmpiricalPrior
 
 from core.config import PortfolioConfig
 from core.errors import DataError, SolverError
+from data.risk_parity import erc_weights, hrp_weights
+from portfolio.layer import PortfolioLayer
+from portfolio.torch_solver import single_thread
 
 ESTIMATION_DAYS = 252
 SHRINKAGE = 0.2  # weight of the diagonal target in the sample covariance
@@ -67,21 +73,6 @@ class DiagonalShrunkCovariance(BaseCovariance):
         return self
 
 
-class VarianceHRP(HierarchicalRiskParity):
-    """skfolio's HRP with the variance of a cluster's weights as ``w' Sigma w`` in numpy.
-
-    skfolio's own ``_risk`` builds a ``Portfolio`` (input checks, returns, costs) for each of the
-    ~3N risk evaluations of a fit.  With variance as the risk measure and no costs or fees, that
-    portfolio's risk is ``w' Sigma w`` of the prior's covariance; the clustering, the seriation and
-    the bisection with its weight bounds are skfolio's.  The tests hold it to the stock estimator.
-    """
-
-    def _risk(self, weights, return_distribution) -> float:
-        if self.risk_measure != RiskMeasure.VARIANCE:  # pragma: no cover - only variance is used here
-            return super()._risk(weights, return_distribution)
-        return float(weights @ return_distribution.covariance @ weights)
-
-
 def _prior() -> EmpiricalPrior:
     return EmpiricalPrior(covariance_estimator=DiagonalShrunkCovariance())
 
@@ -93,9 +84,8 @@ def _bounds(pf: PortfolioConfig) -> dict:
             "max_long": (pf.leverage + 1) / 2, "max_short": (pf.leverage - 1) / 2}
 
 
-def skfolio_model(name: str, pf: PortfolioConfig, fast: bool = False):
-    """An unfitted skfolio estimator of one baseline under the constraints of ``pf``; ``fast``:
-    :class:`VarianceHRP` for HRP (the others are the same either way)."""
+def skfolio_model(name: str, pf: PortfolioConfig):
+    """An unfitted skfolio estimator of one baseline under the constraints of ``pf``."""
     bounds = _bounds(pf)
     if name == "1/N":
         return EqualWeighted()
@@ -106,18 +96,19 @@ def skfolio_model(name: str, pf: PortfolioConfig, fast: bool = False):
         return MeanRisk(objective_function=ObjectiveFunction.MAXIMIZE_UTILITY, risk_measure=RiskMeasure.VARIANCE,
                         risk_aversion=pf.risk_aversion, prior_estimator=_prior(), budget=1.0,
                         solver_params=SOLVER_PARAMS, **bounds)
-    if pf.constraint != "long_only":
-        raise SolverError(f"the {name!r} baseline is long-only (skfolio's {name} has no leverage budget); "
-                          "it is not run for portfolio.constraint = 'long_short'.")
+    _check_long_only(name, pf)
     if name == "risk parity":
         return RiskBudgeting(risk_measure=RiskMeasure.VARIANCE, prior_estimator=_prior(), solver_params=SOLVER_PARAMS,
                              **bounds)
     if name == "HRP":
-        if fast:  # the sample covariance of E > N days is PSD: no nearest-PD repair (two eigendecompositions)
-            prior = EmpiricalPrior(covariance_estimator=EmpiricalCovariance(nearest=False))
-            return VarianceHRP(risk_measure=RiskMeasure.VARIANCE, prior_estimator=prior, **bounds)
         return HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE, **bounds)
     raise DataError(f"unknown baseline {name!r}; one of {list(BASELINES)}.")
+
+
+def _check_long_only(name: str, pf: PortfolioConfig) -> None:
+    if pf.constraint != "long_only":
+        raise SolverError(f"the {name!r} baseline is long-only (skfolio's {name} has no leverage budget); "
+                          "it is not run for portfolio.constraint = 'long_short'.")
 
 
 BASELINES = ("1/N", "min variance", "sample mean-variance", "risk parity", "HRP")
@@ -136,69 +127,114 @@ def check_history(indices: np.ndarray) -> None:
         )
 
 
-def skfolio_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig,
-                    fast: bool = False) -> np.ndarray:
-    """(K, N) weights of baseline ``name`` by skfolio's estimator, one fit per date (the reference;
-    ``fast``: :class:`VarianceHRP` for HRP)."""
+def skfolio_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) weights of baseline ``name`` by skfolio's estimator, one fit per date (the reference)."""
     check_history(indices)
     rows = []
     for t in np.asarray(indices):
         window = returns[int(t) - ESTIMATION_DAYS + 1: int(t) + 1]  # (E, N), dates <= t only
         try:
             # a fresh estimator per date: a refitted one may start from its previous solution
-            rows.append(np.asarray(skfolio_model(name, pf, fast).fit(window).weights_, dtype=np.float64))
+            rows.append(np.asarray(skfolio_model(name, pf).fit(window).weights_, dtype=np.float64))
         except OptimizationError as exc:
             raise SolverError(f"the {name} baseline (skfolio) failed at decision index {int(t)}: {exc}") from None
     return np.vstack(rows)
 
 
-FAST = ("min variance", "sample mean-variance")
-"""Baselines with a fast path (:func:`mean_variance_weights`); the others are skfolio's own."""
+FAST = ("min variance", "sample mean-variance", "risk parity", "HRP")
+"""Baselines with a fast path (1/N is skfolio's ``EqualWeighted``, which costs nothing)."""
+
+
+def _windows(returns: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(K, E, N) the estimation windows of the decision indices (K,): dates t-E+1..t only."""
+    check_history(indices)
+    idx = np.asarray(indices, dtype=np.int64)
+    return np.asarray(returns, dtype=np.float64)[idx[:, None] + np.arange(-ESTIMATION_DAYS + 1, 1)]
+
+
+def sample_covariances(windows: np.ndarray) -> torch.Tensor:
+    """(K, N, N) sample covariances (ddof 1) of windows (K, E, N), in torch on one thread
+    (numpy's threaded BLAS stalls when another process holds a core)."""
+    x = torch.from_numpy(windows)
+    with single_thread():
+        centred = x - x.mean(1, keepdim=True)
+        return centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
 
 
 def mean_variance_weights(returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig, use_mean: bool) -> np.ndarray:
     """(K, N) min variance (``use_mean`` False) or sample mean-variance weights, all dates in one batch.
 
     The problem of skfolio's ``MeanRisk`` above (covariance shrunk towards its diagonal, no cost
-    term) written in the portfolio layer's factor form, ``Sigma = B B^T + diag(d)`` with
-    ``B = sqrt((1 - s) / (E - 1)) * centred window^T`` (N, E) and ``d = s * var``, and solved for every
-    decision date at once by the layer's exact torch solver (the constraints of
-    :mod:`portfolio.constraints`).  Min variance is ``mu = 0``; any risk aversion gives its optimum.
-    Measured (``benchmarks.baselines``, docs/performance.md): 10-20x faster than one skfolio fit per
-    date on 104 factors; the tests hold it to skfolio's weights within 1e-4.
+    term) written in the portfolio layer's factor form, ``Sigma = B B^T + diag(d)`` with B the
+    Cholesky factor of ``(1 - s) S`` (N, N; S the sample covariance, positive definite for
+    E > N days) and ``d = s * diag(S)``, and solved for every decision date at once by the
+    layer's exact torch solver (the constraints of :mod:`portfolio.constraints`).  Min variance
+    is ``mu = 0``; any risk aversion gives its optimum.  The square factor keeps the solver's
+    dual at N + 2 instead of E + 2 (a factor of the centred window, (N, E), gave the same weights
+    to 3e-15 and was 4-6x slower).  Measured in ``benchmarks.baselines`` (docs/performance.md);
+    the tests hold it to skfolio's weights within 1e-4.
     """
-    import torch
-
-    from portfolio.layer import PortfolioLayer
-
-    check_history(indices)
-    idx = np.asarray(indices, dtype=np.int64)
-    offsets = np.arange(-ESTIMATION_DAYS + 1, 1)
-    windows = np.asarray(returns, dtype=np.float64)[idx[:, None] + offsets]  # (K, E, N), dates <= t
-    centred = windows - windows.mean(axis=1, keepdims=True)
-    factor = np.sqrt((1 - SHRINKAGE) / (ESTIMATION_DAYS - 1)) * centred.transpose(0, 2, 1)  # (K, N, E)
-    diag = SHRINKAGE * centred.var(axis=1, ddof=1)  # (K, N)
-    mu = windows.mean(axis=1) if use_mean else np.zeros(diag.shape)  # (K, N)
+    windows = _windows(returns, indices)  # (K, E, N), dates <= t
+    sample = sample_covariances(windows)  # (K, N, N)
+    with single_thread():
+        diag = SHRINKAGE * torch.diagonal(sample, dim1=1, dim2=2)  # (K, N)
+        factor, info = torch.linalg.cholesky_ex((1 - SHRINKAGE) * sample)  # (K, N, N)
+    if bool((info > 0).any()):
+        bad = int(np.asarray(indices)[int((info > 0).nonzero()[0, 0])])
+        raise SolverError(f"the sample covariance at decision index {bad} is singular (a constant or duplicated"
+                          " factor in its window?); the mean-variance baselines need it positive definite.")
+    mu = torch.from_numpy(windows.mean(axis=1)) if use_mean else torch.zeros_like(diag)  # (K, N)
     # the objective over its largest coefficient (same minimiser; daily variances ~1e-4 would
     # leave the solver's absolute tolerances loose), as portfolio.cvx.objective_scale does
-    scale = np.maximum(np.abs(mu).max(1), 2 * pf.risk_aversion * (diag + (factor**2).sum(2)).max(1))  # (K,)
-    mu, factor, diag = mu / scale[:, None], factor / np.sqrt(scale)[:, None, None], diag / scale[:, None]
+    scale = torch.maximum(mu.abs().amax(1), 2 * pf.risk_aversion * (diag + (factor**2).sum(2)).amax(1))  # (K,)
+    mu, factor, diag = mu / scale[:, None], factor / scale.sqrt()[:, None, None], diag / scale[:, None]
+    n = diag.shape[1]
     classic = dataclasses.replace(pf, tc_rate=0.0, solver="torch")
-    layer = PortfolioLayer(diag.shape[1], ESTIMATION_DAYS, classic)
-    prev = np.full(diag.shape, 1.0 / diag.shape[1])
+    layer = PortfolioLayer(n, n, classic)
     with torch.no_grad():
-        w = layer(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (mu, factor, diag, prev)))
-    return w.numpy()
+        return layer(mu, factor, diag, torch.full_like(diag, 1.0 / n)).numpy()
+
+
+def risk_parity_weights(returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) risk parity weights: skfolio's ``RiskBudgeting`` problem (equal budgets, variance of the
+    shrunk covariance, long-only, ``w <= max_weight``), all dates at once.
+
+    :func:`data.risk_parity.erc_weights` solves it without the cap.  Where that ERC portfolio keeps
+    every weight <= max_weight it is the optimum of skfolio's problem too (the cap is not active);
+    at a date where it breaks the cap the optimum is another point, and that date is solved by
+    skfolio's ``RiskBudgeting`` itself, the reference, on the same problem (not an approximation).
+    """
+    _check_long_only("risk parity", pf)
+    idx = np.asarray(indices, dtype=np.int64)
+    sample = sample_covariances(_windows(returns, idx))  # (K, N, N)
+    shrunk = (1 - SHRINKAGE) * sample + SHRINKAGE * torch.diag_embed(torch.diagonal(sample, dim1=1, dim2=2))
+    weights = erc_weights(shrunk).numpy()
+    capped = np.nonzero(weights.max(1) > _bounds(pf)["max_weights"])[0]
+    if capped.size:
+        weights[capped] = skfolio_weights("risk parity", returns, idx[capped], pf)
+    return weights
+
+
+def hrp_baseline_weights(returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
+    """(K, N) HRP weights, skfolio's ``HierarchicalRiskParity`` (variance, its defaults, the weight
+    bounds of ``pf``) as :func:`data.risk_parity.hrp_weights`, one date at a time."""
+    _check_long_only("HRP", pf)
+    bounds = _bounds(pf)
+    cov = sample_covariances(_windows(returns, indices)).numpy()  # (K, N, N)
+    return np.vstack([hrp_weights(c, bounds["min_weights"], bounds["max_weights"]) for c in cov])
 
 
 def baseline_weights(name: str, returns: np.ndarray, indices: np.ndarray, pf: PortfolioConfig) -> np.ndarray:
     """(K, N) weights of baseline ``name`` at decision indices (K,) from daily returns (T, N).
 
-    Min variance and sample mean-variance take the fast path (:func:`mean_variance_weights`, held
-    to :func:`skfolio_weights` by the tests); HRP is skfolio's with a cheaper risk evaluation
-    (:class:`VarianceHRP`); 1/N and risk parity are skfolio's fits (a risk parity problem built once
-    and re-solved was slower: its 104 x 252 covariance parameter makes cvxpy's re-solve ~0.4 s).
+    Every baseline but 1/N takes its fast path (:data:`FAST`), held to :func:`skfolio_weights` by
+    the tests: min variance and sample mean-variance :func:`mean_variance_weights`, risk parity
+    :func:`risk_parity_weights`, HRP :func:`hrp_baseline_weights`.  1/N is skfolio's.
     """
-    if name in FAST:
+    if name in ("min variance", "sample mean-variance"):
         return mean_variance_weights(returns, indices, pf, use_mean=name == "sample mean-variance")
-    return skfolio_weights(name, returns, indices, pf, fast=True)
+    if name == "risk parity":
+        return risk_parity_weights(returns, indices, pf)
+    if name == "HRP":
+        return hrp_baseline_weights(returns, indices, pf)
+    return skfolio_weights(name, returns, indices, pf)
