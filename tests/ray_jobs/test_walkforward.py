@@ -1,4 +1,4 @@
-"""Walk-forward on a real local Ray cluster, smoke config, 3 folds x 2 seeds: a trial killed in
+"""Walk-forward on a real local Ray cluster, smoke config, 2 folds x 2 seeds: a trial killed in
 mid-epoch fails the run loudly; ``--resume`` finishes it with every (fold, seed) trained once; each
 fold trains before it trades; the joined out-of-sample series is backtested with its report."""
 
@@ -22,7 +22,13 @@ from ray_jobs.run_folder import read_history
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 pytestmark = pytest.mark.slow
-FOLDS, SEEDS, EPOCHS = 3, (42, 123), 2
+# One run (with its resume) serves every test of the module.  Trials run one at a time (each
+# seed's worker + its Ray Data CPU fill the 2-CPU cluster) and each costs a Ray Train start-up
+# (~21 s at load 5-6): 2 folds x 2 seeds + the killed trial's resume = 5 starts (3 folds: 7).
+FOLDS, SEEDS, EPOCHS = 2, (42, 123), 2
+# An epoch of 6 steps (~2.5 s here) still leaves the killer time to find the live worker after
+# epoch 1 is logged, before the trial ends.
+STEPS = 6
 # A short val span (5 % of the decisions instead of 15 %) makes each epoch's validation 3x cheaper;
 # the out-of-sample period stays 15 % of the panel.
 DATA = ["data.train_fraction=0.8", "data.val_fraction=0.05"]
@@ -34,9 +40,9 @@ def _args(storage: Path, *extra: str):
 
     return parse_args([
         "--config", str(SMOKE), "--folds", str(FOLDS), "--seeds", *map(str, SEEDS), "--storage", str(storage),
-        "--name", "wf", *(a for kv in DATA for a in ("--set", kv)), "--set", f"training.max_epochs={EPOCHS}", "--set", "training.steps_per_epoch=12",
+        "--name", "wf", *(a for kv in DATA for a in ("--set", kv)), "--set", f"training.max_epochs={EPOCHS}", "--set", f"training.steps_per_epoch={STEPS}",
         "--set", "training.patience=5", "--set", "ensemble.max_concurrent=1", "--set", "ensemble.max_failures=0",
-        "--baselines", "inverse-volatility",  # the optimised ones take ~1.5 s a rebalance: tested in tests/data
+        "--baselines", "inverse-volatility",  # one besides 1/N: the optimised ones are tested in tests/data
         *extra,
     ])
 
