@@ -1,10 +1,12 @@
 """The one atomic file write: a crash leaves the old file or the new one, never a torn one.
 
 Every file the project replaces in place (checkpoints, panels, the metric history, run markers,
-prediction files) goes through :func:`atomic_path`: the content is written to a temporary file in
-the same folder (same file system, so the rename is atomic), flushed to disk, then moved over the
-destination with ``os.replace``.  A failed write removes the temporary file and leaves the
-destination untouched.
+prediction files, reports) goes through :func:`atomic_path`.  On local disk (or a shared mount) the
+content is written to a temporary file in the same folder (same file system, so the rename is
+atomic), flushed to disk, then moved over the destination with ``os.replace``.  On an object store
+(:class:`core.storage.RemotePath`) it is written to a local temporary file, then uploaded as one
+object, which the store shows only once complete.  A failed write removes the temporary file and
+leaves the destination untouched.
 """
 
 from __future__ import annotations
@@ -12,20 +14,31 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
+
+from core.storage import RemotePath, StoragePath, as_path
+
+PathLike = Union[str, Path, RemotePath]
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` atomically.
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a local temporary path; on a clean exit it replaces ``path`` atomically.
 
     The caller writes the whole content to the yielded path (``torch.save``, ``pq.write_table``,
     ``Path.write_text``, ...).  Parent folders are created.  An exception inside the block leaves
     ``path`` as it was and no temporary file behind.
     """
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="upload_") as scratch:
+            tmp = Path(scratch) / path.name  # keeps the suffix: writers that infer a format from it work
+            yield tmp
+            path.upload(tmp)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     # pid + random part: concurrent writers (two ranks, two processes) never share a temp file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -39,15 +52,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: PathLike, text: str) -> StoragePath:
     """Replace ``path`` with ``text`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-    return Path(path)
+    return as_path(path)
 
 
-def copy_atomic(source: str | Path, path: str | Path) -> Path:
-    """Replace ``path`` with a copy of ``source`` atomically."""
+def copy_atomic(source: PathLike, path: PathLike) -> StoragePath:
+    """Replace ``path`` with a copy of ``source`` atomically (either may be local or remote)."""
+    source, path = as_path(source), as_path(path)
+    if isinstance(source, RemotePath) and isinstance(path, RemotePath) and source.fs.type_name == path.fs.type_name:
+        source.fs.copy_file(source.fs_path, path.fs_path)  # server-side: the object appears whole
+        return path
     with atomic_path(path) as tmp:
-        shutil.copyfile(source, tmp)
-    return Path(path)
+        if isinstance(source, RemotePath):
+            source.download(tmp)
+        else:
+            shutil.copyfile(source, tmp)
+    return path

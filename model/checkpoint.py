@@ -12,13 +12,16 @@ A checkpoint is one ``torch.save`` file holding a plain dict, loadable with
   normalisation stats, data fingerprint, metrics): plain values only (tensors, str, int, float,
   bool, None, and dict / list / tuple of them); numpy values are refused with the key named.
 
-Files are written atomically (:func:`core.files.atomic_path`: a temporary file, fsync, ``os.replace``), so a
-crash mid-write leaves the previous checkpoint intact.
+Files are written atomically (:func:`core.files.atomic_path`: a temporary file, fsync, ``os.replace``;
+on an object store one whole upload), so a crash mid-write leaves the previous checkpoint intact.  A
+path may be local or a :class:`core.storage.RemotePath` (``s3://...``): a remote checkpoint is read
+into memory, then loaded with the same ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 from pathlib import Path
 from typing import Any, Union
 
@@ -26,12 +29,15 @@ import torch
 
 from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
-from core.files import atomic_path
+from core.files import atomic_path, copy_atomic
+from core.storage import RemotePath, as_path
 from model.network import XLSTMPortfolio
 from model.slstm_fast import load_neutral_state_dict, neutral_state_dict
 from model.spec import ModelSpec
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_model", "load_neutral_state_dict"]
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model",
+           "load_neutral_state_dict"]
+AnyPath = Union[str, Path, RemotePath]
 
 FORMAT_VERSION = 1
 RESERVED_KEYS = ("format_version", "config", "model_state")
@@ -61,7 +67,7 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, **extra: Any) -> Path:
+def save_checkpoint(path: AnyPath, model: XLSTMPortfolio, cfg: Config, **extra: Any) -> Path:
     """Write a checkpoint atomically; returns its path.
 
     Parameters
@@ -94,17 +100,33 @@ def save_checkpoint(path: Union[str, Path], model: XLSTMPortfolio, cfg: Config, 
     state = {k: v.detach().to("cpu") for k, v in neutral_state_dict(model).items()}
     payload = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "model_state": state, **extra}
     _check_plain(payload, "checkpoint")
-    path = Path(path)
+    path = as_path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(payload, fh)
     except (OSError, RuntimeError) as exc:  # torch.save wraps a failed write in RuntimeError
-        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {_reason(exc)}; {kept}. Free disk space or fix the "
-            "folder's permissions, then resume."
-        ) from exc
+        raise _write_error(path, exc) from exc
     return path
+
+
+def copy_checkpoint(source: AnyPath, path: AnyPath):
+    """Replace ``path`` with a copy of the checkpoint file ``source``, atomically; either may be remote.
+
+    Raises CheckpointError naming ``path`` when the copy fails (``path`` is then unchanged).
+    """
+    path = as_path(path)
+    try:
+        return copy_atomic(source, path)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+
+
+def _write_error(path, exc: BaseException) -> CheckpointError:
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+    return CheckpointError(
+        f"could not write checkpoint {path}: {_reason(exc)}; {kept}. Free disk space or fix the "
+        "folder's permissions, then resume."
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -118,7 +140,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:
+def load_checkpoint(path: AnyPath, map_location: Union[str, torch.device] = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; returns the stored dict.
 
     Raises
@@ -126,11 +148,12 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     CheckpointError
         The file is missing, unreadable / corrupt / not weights-only, or of an unknown format.
     """
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        source = io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path
+        payload = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"{path} is corrupt or not a weights-only checkpoint: {_reason(exc)}") from exc
     if not isinstance(payload, dict):
@@ -147,7 +170,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     return payload
 
 
-def load_model(path: Union[str, Path], device: str = "cpu") -> tuple[XLSTMPortfolio, dict]:
+def load_model(path: AnyPath, device: str = "cpu") -> tuple[XLSTMPortfolio, dict]:
     """Rebuild the model from a checkpoint's stored config and load its weights.
 
     The stored config is read as it was written (:func:`core.config.stored_config`); the model is

@@ -1,10 +1,12 @@
 """Tune experiment analysis of an ensemble run: per-seed table and training curves.
 
   python -m ray_jobs.analyze runs/ensembles/xlstm_cpu_smoke [--out DIR]
+  python -m ray_jobs.analyze s3://BUCKET/runs/xlstm_h100_full
 
 Reads the experiment with Tune's ``ExperimentAnalysis`` (no Ray cluster needed) and each seed's
-``finished.json``.  Writes ``seeds.csv``, ``seeds.md`` and ``curves.png`` to --out (default:
-EXPERIMENT_DIR/analysis).
+``finished.json``, from a local folder or the URI the ensemble was trained to.  Writes
+``seeds.csv``, ``seeds.md`` and ``curves.png`` to --out (default: EXPERIMENT_DIR/analysis; a folder
+or a URI).
 """
 
 from __future__ import annotations
@@ -12,21 +14,22 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
 from core.errors import CheckpointError
 from core.cli import CliParser, run_cli
+from core.files import atomic_path, write_text_atomic
+from core.storage import StoragePath, as_path, fs_and_path
 from ray_jobs.run_folder import FINISHED, SEEDS_DIR, seed_run_name
 
 CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
 
 
-def check_experiment(experiment_dir: Path) -> Path:
-    """The resolved experiment folder; refuses one without Tune's experiment state (before any write)."""
-    experiment_dir = Path(experiment_dir).resolve()
+def check_experiment(experiment_dir: StoragePath) -> StoragePath:
+    """The resolved experiment folder (or URI); refuses one without Tune's experiment state (before any write)."""
+    experiment_dir = as_path(experiment_dir).resolve()
     if not experiment_dir.is_dir():
         raise CheckpointError(
             f"experiment folder {experiment_dir} does not exist; pass STORAGE/NAME of an ensemble run."
@@ -39,10 +42,11 @@ def check_experiment(experiment_dir: Path) -> Path:
     return experiment_dir
 
 
-def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
+def trial_frames(experiment_dir: StoragePath) -> dict[int, pd.DataFrame]:
     """Per-seed DataFrame of every reported epoch, from Tune's own records."""
     experiment_dir = check_experiment(experiment_dir)
-    analysis = ExperimentAnalysis(str(experiment_dir))
+    fs, path = fs_and_path(experiment_dir)
+    analysis = ExperimentAnalysis(path, storage_filesystem=fs)
     frames = {}
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id)
@@ -54,11 +58,11 @@ def trial_frames(experiment_dir: Path) -> dict[int, pd.DataFrame]:
     return dict(sorted(frames.items()))
 
 
-def seed_table(experiment_dir: Path) -> pd.DataFrame:
+def seed_table(experiment_dir: StoragePath) -> pd.DataFrame:
     """One row per seed: best val_sharpe, its epoch, epochs run, stop reason, best checkpoint."""
     rows = []
     for seed, df in trial_frames(experiment_dir).items():
-        run_dir = Path(experiment_dir).resolve() / SEEDS_DIR / seed_run_name(seed)
+        run_dir = as_path(experiment_dir).resolve() / SEEDS_DIR / seed_run_name(seed)
         marker = run_dir / FINISHED
         info = json.loads(marker.read_text()) if marker.exists() else {}
         best = df.loc[df["val_sharpe"].idxmax()] if "val_sharpe" in df and len(df) else None
@@ -82,7 +86,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(frames: dict[int, pd.DataFrame], path: Path) -> None:
+def plot_curves(frames: dict[int, pd.DataFrame], path: StoragePath) -> None:
     # Deferred: selects the headless backend before pyplot loads, only when a figure is drawn
     # (importing this module must not switch the backend of a caller's own plots).
     import matplotlib
@@ -100,17 +104,18 @@ def plot_curves(frames: dict[int, pd.DataFrame], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Ensemble training curves per seed")
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
-def analyze(experiment_dir: Path, out: Path | None = None) -> pd.DataFrame:
+def analyze(experiment_dir: StoragePath, out: StoragePath | None = None) -> pd.DataFrame:
     experiment_dir = check_experiment(experiment_dir)
-    out = Path(out or experiment_dir / "analysis").resolve()
+    out = as_path(out or experiment_dir / "analysis").resolve()
     out.mkdir(parents=True, exist_ok=True)
     table = seed_table(experiment_dir)
-    table.to_csv(out / "seeds.csv", index=False)
-    (out / "seeds.md").write_text(f"# Ensemble {experiment_dir.name}\n\n" + to_markdown(table))
+    write_text_atomic(out / "seeds.csv", table.to_csv(index=False))
+    write_text_atomic(out / "seeds.md", f"# Ensemble {experiment_dir.name}\n\n" + to_markdown(table))
     plot_curves(trial_frames(experiment_dir), out / "curves.png")
     print(table.to_string(index=False))
     print(f"\nwrote {out / 'seeds.csv'}, {out / 'seeds.md'}, {out / 'curves.png'}")
@@ -119,10 +124,10 @@ def analyze(experiment_dir: Path, out: Path | None = None) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     p = CliParser(prog="python -m ray_jobs.analyze", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment_dir", help="the ensemble's experiment folder (STORAGE/NAME)")
-    p.add_argument("--out", default=None, help="output folder (default: EXPERIMENT_DIR/analysis)")
+    p.add_argument("experiment_dir", help="the ensemble's experiment folder or URI (STORAGE/NAME)")
+    p.add_argument("--out", default=None, help="output folder or URI (default: EXPERIMENT_DIR/analysis)")
     args = p.parse_args(argv)
-    return run_cli(lambda: analyze(Path(args.experiment_dir), args.out))
+    return run_cli(lambda: analyze(args.experiment_dir, args.out))
 
 
 if __name__ == "__main__":

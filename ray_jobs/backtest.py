@@ -30,7 +30,6 @@ p-value, the break-even cost and a cost sweep.  Writes ``report.md``, ``metrics.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -40,6 +39,8 @@ from skfolio.optimization import InverseVolatility
 
 from core.cli import CliParser, run_cli
 from core.errors import ConfigError, DataError, PortfolioTrainerError
+from core.files import atomic_path, write_text_atomic
+from core.storage import StoragePath, as_path
 from data import horizon_returns
 from data.baselines import ESTIMATION_DAYS, SHRINKAGE, baseline_weights, baselines_for, check_history
 from data.oracle import probe_weights
@@ -144,7 +145,7 @@ def baseline_policies(inputs: EnsembleInputs, idx: np.ndarray, data=None,
     return policies
 
 
-def run_backtest(experiment: Optional[Path], data=None, device: str = "cpu",
+def run_backtest(experiment: Optional[StoragePath], data=None, device: str = "cpu",
                  runs: Optional[Sequence[str]] = None) -> tuple[pd.DataFrame, dict, EnsembleInputs, np.ndarray]:
     """The test-split table; the members are a Tune ``experiment``'s seeds or ``train.py`` ``runs``."""
     inputs = EnsembleInputs.load(experiment, data, device, runs=runs)
@@ -164,7 +165,7 @@ def run_backtest(experiment: Optional[Path], data=None, device: str = "cpu",
     return table, results, inputs, idx
 
 
-def plot_equity(results: dict, dates, path: Path) -> None:
+def plot_equity(results: dict, dates, path: StoragePath) -> None:
     # Deferred: selects the headless backend before pyplot loads, only when a figure is drawn
     # (importing this module must not switch the backend of a caller's own plots).
     import matplotlib
@@ -179,7 +180,8 @@ def plot_equity(results: dict, dates, path: Path) -> None:
     ax.set_title("Test split: growth of 1, net of transaction costs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -206,7 +208,7 @@ Every policy decides from data up to its decision date only and trades from its 
 """
 
 
-def write_report(out: Path, label: str, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> Path:
+def write_report(out: StoragePath, label: str, table: pd.DataFrame, inputs: EnsembleInputs, idx) -> StoragePath:
     pf = inputs.ensemble.cfg.portfolio
     dates = inputs.panel.dates[idx]
     text = [
@@ -218,17 +220,16 @@ def write_report(out: Path, label: str, table: pd.DataFrame, inputs: EnsembleInp
         REPORT_NOTES,
         "![equity](equity.png)\n",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(text))
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(text))
 
 
-def backtest(experiment: Optional[Path], out: Path, data=None, device="cpu", runs: Optional[Sequence[str]] = None) -> Path:
+def backtest(experiment: Optional[StoragePath], out: StoragePath, data=None, device="cpu",
+             runs: Optional[Sequence[str]] = None) -> StoragePath:
     """Run the test-split backtest and write metrics.csv, equity.png and report.md to ``out``."""
     table, results, inputs, idx = run_backtest(experiment, data, device, runs=runs)
-    out = Path(out)
+    out = as_path(out)
     out.mkdir(parents=True, exist_ok=True)  # only once the experiment has loaded: a refused run writes nothing
-    table.to_csv(out / "metrics.csv", index=False)
+    write_text_atomic(out / "metrics.csv", table.to_csv(index=False))
     plot_equity(results, inputs.panel.dates[idx], out / "equity.png")
     report = write_report(out, members_label(experiment, runs), table, inputs, idx)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -240,10 +241,10 @@ def main(argv=None) -> int:
     p = CliParser(prog="python -m ray_jobs.backtest", description=__doc__.split("\n\n")[0])
     add_member_arguments(p)
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the training one)")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", required=True, help="report folder or URI")
     p.add_argument("--device", default="cpu", help="device for the members (default cpu)")
     args = p.parse_args(argv)
-    return run_cli(lambda: backtest(args.experiment, Path(args.out), args.data, args.device, runs=args.runs))
+    return run_cli(lambda: backtest(args.experiment, args.out, args.data, args.device, runs=args.runs))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Train the ensemble: one Ray Tune trial per seed, each running that seed's TorchTrainer.
 
   python -m ray_jobs.ensemble --config configs/model_config_cpu_smoke.yaml --storage runs/ens
-  ray job submit --working-dir . -- python -m ray_jobs.ensemble --config ... --storage /abs/path
+  ray job submit --working-dir . -- python -m ray_jobs.ensemble --config ... --storage s3://BUCKET/runs
+
+``--storage`` is a local folder or a URI (``s3://...``, any pyarrow file system): the experiment's
+every file, Ray's and ours, lands there.  A cluster of several nodes needs a URI or a shared mount
+(``--shared-mount``); a local folder there is refused before training.
 
 ``Tuner(TorchTrainer)`` is refused by Ray 2.60 (Train V2), so each trial is a light function that
 builds and fits a TorchTrainer reporting to Tune through ``TuneReportCallback``.  Early stopping is
@@ -14,9 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 from ray import tune
@@ -25,6 +29,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from core.cli import CliParser, run_cli
 from core.config import Config, check_device, load_config
 from core.errors import ConfigError
+from core.storage import StoragePath, as_path, fs_and_path
 from data.windows import absolute_panel_path, prepare
 from ray_jobs import ray_cluster
 from ray_jobs.analyze import seed_table
@@ -40,7 +45,7 @@ class TrialRun:
     """What every seed's trial shares through ``tune.with_parameters``; Tune varies only the seed."""
 
     cfg: Config
-    seeds_dir: Path  # absolute: <experiment>/seeds, one run folder per seed (ray_jobs/run_folder.py)
+    seeds_dir: StoragePath  # absolute path or URI: <experiment>/seeds, one run folder per seed (ray_jobs/run_folder.py)
     train_indices: tuple[int, ...]  # decision indices of the training split
     panel_path: str | None  # absolute Parquet path, or None for the embedded synthetic panel
 
@@ -62,8 +67,8 @@ def trial_trainable(run, trial=seed_trial):
     return tune.with_resources(tune.with_parameters(trial, run=run), {"CPU": TRIAL_DRIVER_CPU})
 
 
-def run_spec(cfg: Config, experiment_dir: Path, train_indices, panel_path) -> TrialRun:
-    return TrialRun(cfg, Path(experiment_dir) / SEEDS_DIR, tuple(int(t) for t in train_indices), panel_path)
+def run_spec(cfg: Config, experiment_dir: StoragePath, train_indices, panel_path) -> TrialRun:
+    return TrialRun(cfg, as_path(experiment_dir) / SEEDS_DIR, tuple(int(t) for t in train_indices), panel_path)
 
 
 def seeds_at_once(cfg: Config) -> int:
@@ -85,14 +90,15 @@ def seeds_at_once(cfg: Config) -> int:
     return at_once
 
 
-def build_tuner(cfg: Config, seeds, experiment_dir: Path, train_indices, panel_path):
+def build_tuner(cfg: Config, seeds, experiment_dir: StoragePath, train_indices, panel_path):
     return grid_tuner(trial_trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)),
                       {"seed": tune.grid_search([int(s) for s in seeds])}, cfg, experiment_dir)
 
 
-def grid_tuner(trainable, param_space: dict, cfg: Config, experiment_dir: Path):
+def grid_tuner(trainable, param_space: dict, cfg: Config, experiment_dir: StoragePath):
     """One trial per point of ``param_space``'s grid, as many at once as :func:`seeds_at_once`,
-    stored at ``experiment_dir``; Tune's metric is ``val_sharpe`` (no scheduler compares trials)."""
+    stored at ``experiment_dir`` (a folder or a URI); Tune's metric is ``val_sharpe`` (no scheduler
+    compares trials)."""
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -102,29 +108,35 @@ def grid_tuner(trainable, param_space: dict, cfg: Config, experiment_dir: Path):
         ),
         run_config=tune.RunConfig(
             name=experiment_dir.name,
-            storage_path=str(experiment_dir.parent),
+            **ray_cluster.ray_storage(experiment_dir.parent),
             failure_config=tune.FailureConfig(max_failures=cfg.ensemble.max_failures),
             verbose=1,
         ),
     )
 
 
-def restore_tuner(cfg: Config, experiment_dir: Path, train_indices, panel_path):
+def restore_tuner(cfg: Config, experiment_dir: StoragePath, train_indices, panel_path):
     return restore_grid(trial_trainable(run_spec(cfg, experiment_dir, train_indices, panel_path)), experiment_dir)
 
 
-def restore_grid(trainable, experiment_dir: Path):
-    """The interrupted Tune experiment at ``experiment_dir``, its errored trials to be run again."""
-    if not tune.Tuner.can_restore(str(experiment_dir)):
+def restore_grid(trainable, experiment_dir: StoragePath):
+    """The interrupted Tune experiment at ``experiment_dir`` (a folder or a URI), its errored trials
+    to be run again."""
+    fs, path = fs_and_path(experiment_dir)
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
         raise ConfigError(f"--resume: {experiment_dir} holds no Tune experiment to restore; drop --resume to start one.")
-    return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
+    return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = CliParser(prog="python -m ray_jobs.ensemble", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML config")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: ensemble.seeds)")
-    p.add_argument("--storage", default=None, help="storage root (default: ensemble.storage_path)")
+    p.add_argument("--storage", default=None,
+                   help="storage root: a folder or a URI such as s3://BUCKET/runs (default: ensemble.storage_path)")
+    p.add_argument("--shared-mount", action="store_true",
+                   help="--storage is a folder on a mount every node shares (EFS, NFS): allowed on a cluster of "
+                        "several nodes, after a check that every node sees it")
     p.add_argument("--name", default=None, help="experiment name (default: ensemble.name)")
     p.add_argument("--data", default=None, help="Parquet factor panel (default: the embedded synthetic panel)")
     p.add_argument("--resume", action="store_true", help="restore an interrupted experiment and finish it")
@@ -134,11 +146,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def experiment_path(cfg: Config, args) -> Path:
-    return Path(args.storage or cfg.ensemble.storage_path).resolve() / (args.name or cfg.ensemble.name)
+def experiment_path(cfg: Config, args) -> StoragePath:
+    return as_path(args.storage or cfg.ensemble.storage_path).resolve() / (args.name or cfg.ensemble.name)
 
 
-def run(args) -> Path:
+def run(args) -> StoragePath:
     cfg = load_config(args.config, args.overrides)
     seeds = tuple(args.seeds) if args.seeds else cfg.ensemble.seeds
     if len(set(seeds)) != len(seeds):
@@ -155,10 +167,11 @@ def run(args) -> Path:
     print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
           f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
     ensure_writable(experiment_dir)
-    for run_dir in sorted((experiment_dir / SEEDS_DIR).glob("seed_*")):
-        clear_failure(run_dir)  # --resume: a seed that stopped on an error gets a new attempt
     with ray_cluster.ray_session(experiment_dir, num_cpus=args.num_cpus):
+        ray_cluster.check_shared_storage(experiment_dir.parent, args.shared_mount)
         check_cluster_devices(cfg)
+        for run_dir in sorted((experiment_dir / SEEDS_DIR).glob("seed_*")):
+            clear_failure(run_dir)  # --resume: a seed that stopped on an error gets a new attempt
         if args.resume:
             tuner = restore_tuner(cfg, experiment_dir, prepared.splits.train, panel_path)
         else:
@@ -167,7 +180,7 @@ def run(args) -> Path:
     return _summarise(grid, experiment_dir)
 
 
-def _summarise(grid, experiment_dir: Path) -> Path:
+def _summarise(grid, experiment_dir: StoragePath) -> StoragePath:
     failed = [(int(r.config["seed"]), r.error) for r in grid if r.error is not None]
     table = seed_table(experiment_dir)
     print("\n" + table.to_string(index=False))
@@ -178,7 +191,7 @@ def _summarise(grid, experiment_dir: Path) -> Path:
             f"{len(failed)} seed(s) failed ({[s for s, _ in failed]}); first: {first}. The other seeds' "
             f"checkpoints are kept; fix the cause and finish with --resume."
         )
-    print(f"\nexperiment: {experiment_dir}\nanalyse:    python -m ray_jobs.analyze {experiment_dir}")
+    print(f"\nexperiment: {experiment_dir}\nanalyse:    python -m ray_jobs.analyze {shlex.quote(str(experiment_dir))}")
     return experiment_dir
 
 

@@ -26,6 +26,7 @@ import torch
 from model.checkpoint import load_model
 from core.config import Config, stored_config
 from core.errors import CheckpointError, ConfigError
+from core.storage import StoragePath, as_path
 from model.network import solve_device
 from portfolio.layer import PortfolioLayer
 from ray_jobs.members import config_differences, member_checkpoints
@@ -44,9 +45,12 @@ class Ensemble:
     device: torch.device
 
     @classmethod
-    def load(cls, experiment_dir: Optional[Path] = None, device: str = "cpu",
+    def load(cls, experiment_dir: Optional[StoragePath] = None, device: str = "cpu",
              runs: Optional[Sequence[str | Path]] = None) -> "Ensemble":
         """Best checkpoint of each seed, on any device (an H100 checkpoint loads on CPU).
+
+        ``experiment_dir`` is a folder or a URI (``s3://BUCKET/runs/NAME``): the checkpoints are
+        read from where the ensemble was trained, with ``torch.load(weights_only=True)``.
 
         The members are a Tune experiment's seeds (``experiment_dir``) or ``train.py`` run folders
         (``runs``, see :mod:`ray_jobs.members`); they must share one config and one panel.
@@ -123,9 +127,9 @@ class Ensemble:
         return out
 
 
-def load_finished(experiment_dir: Path) -> dict[int, dict]:
+def load_finished(experiment_dir: StoragePath) -> dict[int, dict]:
     out = {}
-    for run_dir in sorted((Path(experiment_dir) / SEEDS_DIR).glob("seed_*")):
+    for run_dir in sorted((as_path(experiment_dir) / SEEDS_DIR).glob("seed_*")):
         if (run_dir / FINISHED).exists():
             out[int(run_dir.name.split("_", 1)[1])] = json.loads((run_dir / FINISHED).read_text())
     return out

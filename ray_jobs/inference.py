@@ -13,6 +13,7 @@ import torch
 from data import Normalizer, Panel, load_panel
 from data.splits import rebalance_indices, splits_for
 from core.errors import DataError
+from core.storage import StoragePath
 from ray_jobs.ensemble_model import Ensemble
 
 
@@ -25,7 +26,7 @@ class EnsembleInputs:
     features: torch.Tensor  # (T, N, F) float32, normalised with the training-span statistics
 
     @classmethod
-    def load(cls, experiment: Optional[Path], data: Optional[str], device: str,
+    def load(cls, experiment: Optional[StoragePath], data: Optional[str], device: str,
              runs: Optional[Sequence[str | Path]] = None) -> "EnsembleInputs":
         """The members of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two)."""
         ensemble = Ensemble.load(experiment, device=device, runs=runs)

@@ -5,13 +5,12 @@
   python -m ray_jobs.predict --runs models/ensemble/model_* --date 2024-06-28 --out weights.parquet
 
 The output is long: one row per (date, factor) with a ``weight`` column; each date's weights sum
-to 1.  For a split, rebalances are every ``horizon`` days, each trading from the previous one.
+to 1.  ``--experiment`` and ``--out`` may be URIs (``s3://BUCKET/...``) as well as local paths.  For a split, rebalances are every ``horizon`` days, each trading from the previous one.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,14 +18,15 @@ import numpy as np
 from core.errors import DataError, PortfolioTrainerError
 from core.files import atomic_path
 from core.cli import CliParser, run_cli
+from core.storage import StoragePath, as_path
 from ray_jobs.inference import EnsembleInputs
 from ray_jobs.members import add_member_arguments
 
 
-def predict(experiment: Optional[Path], out: Path, data=None, date=None, split=None, device="cpu", force=False,
+def predict(experiment: Optional[StoragePath], out: StoragePath, data=None, date=None, split=None, device="cpu", force=False,
             runs: Optional[Sequence[str]] = None):
     """Weights of the ensemble of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two)."""
-    out = Path(out)
+    out = as_path(out)
     if out.exists() and not force:
         raise DataError(f"--out {out} already exists; pass --force to replace it, or choose another path.")
     inputs = EnsembleInputs.load(experiment, data, device, runs=runs)
@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--date", help="decision date (the last panel date on or before it is used)")
     which.add_argument("--split", choices=["train", "val", "test"], help="every rebalance of a split")
-    p.add_argument("--out", required=True, help="output Parquet (date, factor, weight)")
+    p.add_argument("--out", required=True, help="output Parquet (date, factor, weight): a path or a URI")
     p.add_argument("--device", default="cpu", help="device to run the members on (default cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     return run_cli(lambda: predict(
-        args.experiment, Path(args.out), args.data, args.date, args.split, args.device, args.force, runs=args.runs
+        args.experiment, args.out, args.data, args.date, args.split, args.device, args.force, runs=args.runs
     ))
 
 

@@ -7,6 +7,9 @@
 Token authentication stays on for local clusters, but the token lives in ``root/ray_auth_token``
 (not ``~/.ray``): we export ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so the cluster
 and every worker agree (the auth-mode trap in docs/training.md).
+
+Storage: Ray keeps its checkpoints where the run folder is (:func:`ray_storage`), and a cluster of
+more than one node must have that folder on shared storage (:func:`check_shared_storage`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import os
 import secrets
 import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
 import ray
 from ray._private import ray_constants
 from ray._raylet import Config as RayConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from core.errors import TrainingError
+from core.errors import ConfigError, TrainingError
+from core.files import write_text_atomic
+from core.storage import RemotePath, StoragePath, as_path, fs_and_path
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,12 @@ def _temp_dir(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[str]:
-    """Yield the address of a running Ray cluster; stop it afterwards if we started it."""
+def ray_session(root: StoragePath, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[str]:
+    """Yield the address of a running Ray cluster; stop it afterwards if we started it.
+
+    A local cluster keeps its temp files and auth token under ``root``; when ``root`` is a URI
+    (the run writes to an object store), under a new local folder in the system temp dir.
+    """
     if ray.is_initialized():  # e.g. a test's cluster: use it, leave it running
         yield ray.get_runtime_context().gcs_address
         return
@@ -89,7 +100,7 @@ def ray_session(root: Path, num_cpus: Optional[int] = None, num_gpus: Optional[i
         finally:
             ray.shutdown()
         return
-    root = Path(root).resolve()
+    root = Path(tempfile.mkdtemp(prefix="xlstm_ray_")) if isinstance(as_path(root), RemotePath) else Path(root).resolve()
     ensure_auth_token(root)
     bind_to_loopback()
     temp_dir = _temp_dir(root)
@@ -142,3 +153,57 @@ def _own_address_exported() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def ray_storage(storage: StoragePath) -> dict:
+    """``RunConfig`` arguments that put Ray's own files (Train's checkpoints, Tune's experiment
+    state) in ``storage``: a local folder, or the file system and path of a URI."""
+    fs, path = fs_and_path(storage)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def check_shared_storage(storage: StoragePath, shared_mount: bool, flag: str = "--storage") -> None:
+    """Refuse a local storage folder on a cluster of more than one node, before anything trains.
+
+    Each node would write its seeds' run folders to its own disk, and resuming, ``analyze``,
+    ``predict`` and ``backtest`` would find only what the driver's node holds.  ``shared_mount``
+    (``--shared-mount``) declares the folder a mount every node shares (EFS, NFS); that is checked:
+    a file written here must be visible on every node.
+    """
+    if isinstance(as_path(storage), RemotePath):
+        return
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) <= 1:
+        return
+    if not shared_mount:
+        raise ConfigError(
+            f"{flag} {storage} is a local folder, but the Ray cluster has {len(nodes)} nodes: each node would keep "
+            f"its seeds' files on its own disk, out of reach of --resume, analyze and predict. Pass {flag} "
+            "s3://BUCKET/PATH (or another pyarrow file system URI), or a folder on a mount every node shares "
+            "(EFS, NFS) together with --shared-mount."
+        )
+    _check_mount_is_shared(Path(storage), nodes, flag)
+
+
+@ray.remote(num_cpus=0)
+def _sees(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _check_mount_is_shared(folder: Path, nodes: list[dict], flag: str) -> None:
+    marker = folder / f".shared_check_{uuid.uuid4().hex[:8]}"
+    write_text_atomic(marker, "")
+    try:
+        seen = ray.get([
+            _sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
+            for n in nodes
+        ], timeout=120)
+    finally:
+        marker.unlink()
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ConfigError(
+            f"{flag} {folder} --shared-mount: the node(s) {blind} do not see a file written there from this node, "
+            "so the folder is not shared. Mount the same file system at the same path on every node (cluster.yaml's "
+            "setup_commands), or pass s3://BUCKET/PATH."
+        )

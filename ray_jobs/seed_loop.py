@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,18 +22,18 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from tensorboardX import SummaryWriter
 
 from core.config import Config, check_device
 from core.errors import PortfolioTrainerError
+from core.storage import StoragePath, as_path
 from data.splits import Splits
 from data.windows import PreparedData, WindowSource, prepare
-from model.checkpoint import load_neutral_state_dict, save_checkpoint
+from model.checkpoint import copy_checkpoint, load_neutral_state_dict, save_checkpoint
 from model.network import XLSTMPortfolio
 from ray_jobs import run_folder
 from ray_jobs.run_folder import BEST, CHECKPOINT_FILE, LATEST
 from ray_jobs.steps import EpochStats, gradient_scales, make_optimizer, train_epoch, validate
-from ray_jobs.worker_output import open_writer, progress_line, quiet_report_log, say, write_scalars
+from ray_jobs.worker_output import ScalarLog, progress_line, quiet_report_log, say
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,14 @@ class LoopSettings:
 
     cfg: Config
     seed: int
-    run_dir: Path  # absolute: <storage>/seed_<seed>, the run folder (ray_jobs/run_folder.py)
+    run_dir: StoragePath  # absolute path or URI: <storage>/seed_<seed>, the run folder (ray_jobs/run_folder.py)
     panel_path: str | None  # absolute Parquet path, or None for the embedded synthetic panel
     n_train: int  # training decisions: the local shuffle buffer holds all of them
     splits: Splits | None = None  # a walk-forward fold's train / val / test (data.folds); None: the config's
 
 
     def __post_init__(self):
-        if not Path(self.run_dir).is_absolute():
+        if not as_path(self.run_dir).is_absolute():
             raise ValueError(f"LoopSettings.run_dir must be absolute (got {self.run_dir}): Ray runs workers elsewhere.")
         if self.n_train < 1:
             raise ValueError(f"LoopSettings.n_train must be >= 1 (got {self.n_train}): no training decisions.")
@@ -83,7 +82,7 @@ class WorkerRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shard: object  # Ray Data's DataIterator of this worker's training indices
-    writer: SummaryWriter | None = None  # rank 0 only
+    writer: ScalarLog | None = None  # rank 0 only
 
     @property
     def cfg(self) -> Config:
@@ -148,7 +147,7 @@ def start_worker(settings: LoopSettings) -> tuple[WorkerRun, SeedState]:
     if cfg.training.compile:
         model.compile_moments()  # encoder + heads, one graph; the portfolio solve stays eager
     if rank == 0:
-        run.writer = open_writer(settings.run_dir, state.epoch)
+        run.writer = ScalarLog(settings.run_dir, state.epoch)
     run.shard = ray.train.get_dataset_shard("train")
     return run, state
 
@@ -204,7 +203,9 @@ def report_epoch(run: WorkerRun, state: SeedState, metrics: dict, improved: bool
     """Rank 0 records the epoch, then every rank reports to Ray.
 
     Order matters for a crash at any point: the metric history is written first (atomically), then
-    ``latest.pt`` (atomically).  A crash between the two leaves the history one epoch ahead of the
+    ``latest.pt`` (atomically).  The checkpoint is serialised once, into the local folder Ray
+    uploads as its own copy, and copied from there to ``latest.pt`` (and ``best.pt``), on local
+    disk or an object store alike.  A crash between the two leaves the history one epoch ahead of the
     checkpoint; the resumed worker trims it back (``run_folder.trim_history``) and redoes that
     epoch, so every epoch appears exactly once.
     """
@@ -218,12 +219,12 @@ def report_epoch(run: WorkerRun, state: SeedState, metrics: dict, improved: bool
         data_fingerprint=run.prepared.panel.fingerprint, metrics=metrics,
     )
     run_folder.append_history(run_dir, metrics)
-    save_checkpoint(run_dir / LATEST, run.model, run.cfg, **payload)
-    if improved:
-        save_checkpoint(run_dir / BEST, run.model, run.cfg, **payload)
-    write_scalars(run.writer, metrics, state.epoch)
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(run_dir / LATEST, Path(tmp) / CHECKPOINT_FILE)
+        checkpoint = save_checkpoint(Path(tmp) / CHECKPOINT_FILE, run.model, run.cfg, **payload)
+        copy_checkpoint(checkpoint, run_dir / LATEST)
+        if improved:
+            copy_checkpoint(checkpoint, run_dir / BEST)
+        run.writer.write(metrics, state.epoch)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

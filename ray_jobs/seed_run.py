@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import ray
@@ -12,6 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from core.config import Config
 from core.errors import DeviceError
+from core.storage import StoragePath, as_path
 from data.splits import Splits
 from data.windows import absolute_panel_path, prepare
 from ray_jobs import ray_cluster
@@ -49,13 +49,14 @@ def check_cluster_devices(cfg: Config) -> None:
 def build_trainer(
     cfg: Config,
     seed: int,
-    storage_path: Path,
+    storage_path: StoragePath,
     train_indices,
     panel_path: Optional[str] = None,
     callbacks: Sequence = (),
     splits: Optional[Splits] = None,
 ) -> TorchTrainer:
-    """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``.
+    """TorchTrainer for one seed; its run directory is ``storage_path / seed_<seed>``, a local
+    folder or a URI (Ray's own checkpoints land there too: :func:`ray_cluster.ray_storage`).
 
     The workers resume from the newest good checkpoint in that directory (a restarted worker, or a
     re-run of an interrupted seed: Train V2 dropped ``resume_from_checkpoint``).  ``splits``: a
@@ -63,7 +64,8 @@ def build_trainer(
     """
     tr = cfg.training
     name = seed_run_name(seed)
-    run_dir = Path(storage_path).resolve() / name
+    storage_path = as_path(storage_path).resolve()
+    run_dir = storage_path / name
     run_dir.mkdir(parents=True, exist_ok=True)
     res = cfg.resources
     resources = {"CPU": res.cpus_per_worker}
@@ -78,7 +80,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()),
+            **ray_cluster.ray_storage(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ensemble.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
@@ -89,26 +91,29 @@ def build_trainer(
     )
 
 
-def train_one_seed(cfg: Config, seed: int, output: Path, panel_path: Optional[str] = None,
-                   num_cpus: Optional[int] = None):
+def train_one_seed(cfg: Config, seed: int, output: StoragePath, panel_path: Optional[str] = None,
+                   num_cpus: Optional[int] = None, shared_mount: bool = False):
     """Validate the panel and the output folder, then fit one seed's TorchTrainer on a local
-    cluster or RAY_ADDRESS.  Nothing is written before both checks pass.
+    cluster or RAY_ADDRESS.  Nothing is written before both checks pass.  ``output`` is a local
+    folder or a URI; a local one on a cluster of several nodes needs ``shared_mount``
+    (:func:`ray_cluster.check_shared_storage`).
 
     Returns (finished.json contents, Ray's Result).  A failed seed raises the typed error its
     workers stopped with (SolverError, TrainingError, CheckpointError), else TrainingError.
     """
     panel_path = absolute_panel_path(cfg.data, panel_path)
-    output = Path(output).resolve()
+    output = as_path(output).resolve()
     run_dir = output / seed_run_name(seed)
     refuse_finished(run_dir)
     prepared = prepare(cfg, panel_path)  # validates the panel before anything trains
     ensure_writable(output)
-    clear_failure(run_dir)
     print(f"panel: {prepared.panel.features.shape[0]} dates x {len(prepared.panel.factors)} factors x "
           f"{len(prepared.panel.feature_names)} features; train/val/test decisions "
           f"{len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")
     with ray_cluster.ray_session(output, num_cpus=num_cpus):
+        ray_cluster.check_shared_storage(output, shared_mount, flag="--output")
         check_cluster_devices(cfg)
+        clear_failure(run_dir)  # only now: a refused run leaves the failure record as it was
         trainer = build_trainer(cfg, seed, output, prepared.splits.train, panel_path=panel_path)
         try:
             result = trainer.fit()

@@ -1,17 +1,23 @@
 """What a training worker shows: one progress line per epoch on stdout, scalars in TensorBoard.
 
 Ray Train V2's own per-report output is silenced here (:func:`quiet_report_log`): our progress
-line carries the same numbers in one readable line.
+line carries the same numbers in one readable line.  TensorBoard event files go to the run
+folder's ``tensorboard/`` (:class:`ScalarLog`), also when that folder is on an object store.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ray.train.v2._internal.execution import context as train_context
 from tensorboardX import SummaryWriter
+
+from core.files import copy_atomic
+from core.storage import RemotePath, StoragePath, as_path
 
 
 def say(line: str) -> None:
@@ -43,15 +49,34 @@ def progress_line(seed: int, max_epochs: int, m: dict) -> str:
     )
 
 
-def open_writer(run_dir: Path, last_epoch: int) -> SummaryWriter:
-    """The seed's TensorBoard writer; ``purge_step`` drops events a crashed attempt logged after its
-    last checkpoint."""
-    return SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=last_epoch + 1)
+class ScalarLog:
+    """Rank 0's TensorBoard event files in ``<run_dir>/tensorboard``.
 
+    An event file grows by appending, which an object store cannot do: for a run folder there, the
+    writer writes to a local scratch folder and every event file is uploaded whole after each epoch
+    (and at close).  ``purge_step`` drops events a crashed attempt logged after its last checkpoint.
+    """
 
-def write_scalars(writer: SummaryWriter, metrics: dict, epoch: int) -> None:
-    """Every numeric metric of the epoch (booleans such as ``should_stop`` are left out)."""
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(key, value, epoch)
-    writer.flush()
+    def __init__(self, run_dir: StoragePath, last_epoch: int):
+        self.target = as_path(run_dir) / "tensorboard"
+        self._scratch = tempfile.mkdtemp(prefix="tensorboard_") if isinstance(self.target, RemotePath) else None
+        self.writer = SummaryWriter(self._scratch or str(self.target), purge_step=last_epoch + 1)
+
+    def write(self, metrics: dict, epoch: int) -> None:
+        """Every numeric metric of the epoch (booleans such as ``should_stop`` are left out)."""
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _upload(self) -> None:
+        if self._scratch is not None:
+            for event_file in sorted(Path(self._scratch).iterdir()):
+                copy_atomic(event_file, self.target / event_file.name)

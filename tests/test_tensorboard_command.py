@@ -32,7 +32,7 @@ def test_readme_tensorboard_command_is_installed():
 def test_train_prints_a_tensorboard_command_that_reads_its_event_files(tmp_path, monkeypatch, capsys):
     from tensorboardX import SummaryWriter
 
-    def fake_train_one_seed(cfg, seed, output, panel_path=None, num_cpus=None):
+    def fake_train_one_seed(cfg, seed, output, panel_path=None, num_cpus=None, shared_mount=False):
         with SummaryWriter(str(output / f"seed_{seed}" / "tensorboard")) as writer:
             writer.add_scalar("val_sharpe_ratio", 0.5, 1)
         info = {"best_val_sharpe": 0.5, "best_epoch": 1, "epochs_run": 1, "stop_reason": "max_epochs",

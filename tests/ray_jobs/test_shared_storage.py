@@ -1,0 +1,178 @@
+"""Shared storage on a Ray cluster of two nodes (``ray.cluster_utils.Cluster`` on 127.0.0.1) and an
+S3-compatible server (moto) on 127.0.0.1.
+
+The head node (the driver's) has no CPU, so every trial and training worker runs on the second node,
+and every file a run writes must reach the bucket: Ray's checkpoints, Tune's state and the run
+folders' own files.  A killed trial is resumed from the bucket with ``--resume``; analyze, predict
+and ``Ensemble.load`` read the bucket.  A local folder on the same cluster is refused before training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from core.errors import TrainingError
+from core.files import copy_atomic
+from core.storage import as_path
+from ray_jobs.run_folder import CHECKPOINT_FILE, read_history
+from s3_helpers import bucket_files, s3_bucket
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
+pytestmark = pytest.mark.slow
+RUN_FILES = {"metrics.jsonl", "latest.pt", "best.pt", "finished.json", "failed.json", CHECKPOINT_FILE}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """The bucket's query string, and a two-node cluster started after the S3 credentials are in
+    the environment (its processes inherit them, as nodes with an instance role would have them).
+
+    The nodes' temp dir (``TMPDIR``) is inside the test's tmp dir, to check that nothing stays there.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ray_jobs import ray_cluster
+
+    root = tmp_path_factory.mktemp("two_nodes")
+    scratch = root / "scratch"
+    scratch.mkdir()
+    os.environ.pop("RAY_ADDRESS", None)
+    ray_cluster.ensure_auth_token(root)
+    ray_cluster.bind_to_loopback()
+    temp_dir = ray_cluster._temp_dir(root)  # a short link: Ray's socket paths must stay short
+    with s3_bucket(root) as query, ray_cluster._own_address_exported() as address, \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(scratch))
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        cluster = Cluster(initialize_head=True, head_node_args=dict(
+            num_cpus=0, node_ip_address="127.0.0.1", temp_dir=temp_dir, port=int(address.rsplit(":", 1)[1]),
+            include_dashboard=True, dashboard_host="127.0.0.1"))
+        try:
+            cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+            ray.init(address=cluster.address)
+            yield SimpleNamespace(query=query, address=address, scratch=scratch, root=root)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            if Path(temp_dir).is_symlink():
+                Path(temp_dir).unlink()
+                Path(temp_dir).parent.rmdir()
+
+
+def _local_run_files(*folders: Path) -> set[Path]:
+    """Run-folder files (and event files) anywhere under ``folders`` (the venv and git left out)."""
+    found = set()
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if d not in (".venv", ".git")]
+            found |= {Path(dirpath, f) for f in filenames if f in RUN_FILES or f.startswith("events.out.tfevents")}
+    return found
+
+
+def _kill_worker_in_epoch_2(run_dir, seen: dict, address: str, timeout: float = 300.0) -> None:
+    """Once epoch 1's checkpoint is in the bucket (Ray's copy: written last), SIGKILL the live
+    training worker during epoch 2."""
+    from ray.util.state import list_actors
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if list(run_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}")):
+            break
+        time.sleep(0.2)
+    else:
+        seen["error"] = "epoch 1's checkpoint never reached the bucket"
+        return
+    time.sleep(0.5)  # into epoch 2 (40 steps take seconds)
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    seen["epochs_at_kill"] = [row["epoch"] for row in read_history(run_dir)]
+    seen["nodes"] = {w.node_id for w in workers}
+    for w in workers:
+        os.kill(w.pid, signal.SIGKILL)
+    seen["workers"] = [w.pid for w in workers]
+
+
+def test_ensemble_on_two_nodes_lives_in_the_bucket_and_resumes_from_it(two_nodes, tmp_path, capfd):
+    import ray
+
+    from ray_jobs import analyze, ensemble, predict
+    from ray_jobs.ensemble_model import Ensemble
+
+    local_before = _local_run_files(ROOT)
+    storage = f"s3://runs-bucket/runs?{two_nodes.query}"
+    args = ["--config", str(SMOKE), "--storage", storage, "--name", "ens", "--seeds", "3", "4",
+            "--set", "training.steps_per_epoch=40", "--set", "ensemble.max_concurrent=1"]  # max_failures 0
+    experiment = as_path(storage) / "ens"
+    seeds = experiment / "seeds"
+    seen: dict = {}
+    killer = threading.Thread(target=_kill_worker_in_epoch_2, args=(seeds / "seed_3", seen, two_nodes.address),
+                              daemon=True)
+    killer.start()
+    with pytest.raises(TrainingError, match=r"1 seed\(s\) failed \(\[3\]\).*finish with --resume"):
+        ensemble.run(ensemble.parse_args(args))
+    killer.join(timeout=5)
+    assert "error" not in seen, seen
+    head = ray.get_runtime_context().get_node_id()
+    assert len(seen["workers"]) == 1 and seen["epochs_at_kill"] == [1] and head not in seen["nodes"], seen
+
+    assert ensemble.run(ensemble.parse_args(args + ["--resume"])) == experiment
+    out = capfd.readouterr().out
+    assert "[seed 3] resuming after epoch 1" in out and "[seed 4] resuming" not in out  # from the bucket
+    files = bucket_files(str(experiment))
+    assert any(name.startswith("experiment_state-") for name in files)  # Tune's state
+    for seed in (3, 4):
+        run_dir = seeds / f"seed_{seed}"
+        assert [row["epoch"] for row in read_history(run_dir)] == [1, 2, 3]  # every epoch once
+        info = json.loads((run_dir / "finished.json").read_text())
+        assert info["epochs_run"] == 3 and info["best_checkpoint"] == str(run_dir / "best.pt")
+        prefix = f"seeds/seed_{seed}/"
+        assert {prefix + name for name in ("metrics.jsonl", "latest.pt", "best.pt")} <= set(files)
+        assert any(n.startswith(prefix + "checkpoint_") and n.endswith("/" + CHECKPOINT_FILE) for n in files)  # Ray's
+        assert any(n.startswith(prefix + "tensorboard/events.out.tfevents") for n in files)
+
+    table = analyze.analyze(str(experiment))  # default output: EXPERIMENT/analysis in the bucket
+    assert {"analysis/seeds.csv", "analysis/seeds.md", "analysis/curves.png"} <= set(bucket_files(str(experiment)))
+    for seed in (3, 4):
+        best = max(row["val_sharpe"] for row in read_history(seeds / f"seed_{seed}"))
+        assert table.set_index("seed").loc[seed, "best_val_sharpe"] == pytest.approx(best, abs=1e-12)
+
+    # predict from the bucket == predict from local copies of the same best checkpoints
+    assert Ensemble.load(str(experiment)).seeds == [3, 4]
+    for seed in (3, 4):
+        copy_atomic(seeds / f"seed_{seed}" / "best.pt", tmp_path / "copies" / f"seed_{seed}" / "best.pt")
+    assert predict.main(["--experiment", str(experiment), "--split", "test", "--out", str(tmp_path / "s3.parquet")]) == 0
+    assert predict.main(["--runs", str(tmp_path / "copies"), "--split", "test", "--out",
+                         str(tmp_path / "local.parquet")]) == 0
+    remote, local = pd.read_parquet(tmp_path / "s3.parquet"), pd.read_parquet(tmp_path / "local.parquet")
+    assert len(remote) > 100
+    pd.testing.assert_frame_equal(remote, local)
+
+    # Nothing of the run on local disk: not in the nodes' temp dirs, not in Ray's, not in the repo.
+    assert _local_run_files(two_nodes.root) == set()
+    assert _local_run_files(ROOT) == local_before
+    assert list(tmp_path.rglob(CHECKPOINT_FILE)) == []
+
+
+def test_a_local_folder_on_two_nodes_is_refused_before_training(two_nodes, tmp_path, capsys):
+    from ray_jobs.ensemble import main
+    from ray_jobs.ray_cluster import check_shared_storage
+
+    storage = tmp_path / "runs"
+    code = main(["--config", str(SMOKE), "--storage", str(storage), "--name", "ens"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: --storage {storage} is a local folder, but the Ray cluster has 2 nodes"), err
+    assert "--storage s3://BUCKET/PATH" in err[0] and "--shared-mount" in err[0]
+    assert list((storage / "ens").iterdir()) == []  # no seed folder: nothing trained
+    check_shared_storage(storage, shared_mount=True)  # one machine: every node sees the folder
