@@ -163,7 +163,8 @@ class TrainingConfig:
     steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (null = one pass over the training windows)."""
     output_dir: str = "runs/train"
-    """Where `python train.py` writes a run (relative paths are resolved from the cwd)."""
+    """Where `python train.py` writes a run: a folder (relative paths are resolved from the cwd) or a
+    URI such as s3://BUCKET/runs."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ class EnsembleConfig:
     name: str = "xlstm_ensemble"
     """Experiment name (stable, no timestamps: Tuner.restore needs it)."""
     storage_path: str = "runs/ensembles"
-    """Experiment storage root (made absolute at start)."""
+    """Experiment storage root: a folder (made absolute at start) or a URI such as s3://BUCKET/runs;
+    a cluster of several nodes needs a URI or a shared mount."""
     max_concurrent: int = 0
     """Seeds run at once; 0 = as resources allow."""
     max_failures: int = 2

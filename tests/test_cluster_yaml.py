@@ -104,3 +104,18 @@ def test_world_open_check_catches_a_public_dashboard_rule():
         {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
     ]}
     assert ("tcp", 8265, 8265) in _open_to_the_world(_inbound_rules(cfg))
+
+
+def test_the_production_run_writes_to_shared_storage():
+    """cluster.yaml and the README submit the H100 ensemble with an s3:// --storage, and the GPU
+    workers, which write the checkpoints, carry an instance profile for it (no keys in the file)."""
+    import re
+
+    cfg = _load()
+    for name in ("cluster.yaml", "README.md"):
+        commands = re.findall(r"ray_jobs\.ensemble --config configs/model_config_h100_full\.yaml[^\n]*",
+                              (ROOT / name).read_text())
+        assert commands and all(re.search(r"--storage s3://\w", c) for c in commands), (name, commands)
+    workers = [t for name, t in cfg["available_node_types"].items() if name != cfg["head_node_type"]]
+    assert all(w["node_config"]["IamInstanceProfile"]["Name"] for w in workers)
+    assert not re.search(r"(?i)aws_secret|secret_key|access_key", (ROOT / "cluster.yaml").read_text())
