@@ -203,11 +203,11 @@ def report_epoch(run: WorkerRun, state: SeedState, metrics: dict, improved: bool
     """Rank 0 records the epoch, then every rank reports to Ray.
 
     Order matters for a crash at any point: the metric history is written first (atomically), then
-    ``latest.pt`` (atomically).  The checkpoint is serialised once, into the local folder Ray
-    uploads as its own copy, and copied from there to ``latest.pt`` (and ``best.pt``), on local
-    disk or an object store alike.  A crash between the two leaves the history one epoch ahead of the
+    ``latest.pt`` (atomically).  A crash between the two leaves the history one epoch ahead of the
     checkpoint; the resumed worker trims it back (``run_folder.trim_history``) and redoes that
-    epoch, so every epoch appears exactly once.
+    epoch, so every epoch appears exactly once.  The checkpoint is serialised once, into the local
+    folder Ray keeps as its own copy, and copied from there to ``latest.pt`` (and ``best.pt``), on
+    local disk or an object store alike.
     """
     if run.rank != 0:
         ray.train.report(metrics)
