@@ -3,8 +3,9 @@
   python -m ray_jobs.analyze runs/ensembles/xlstm_cpu_smoke [--out DIR]
   python -m ray_jobs.analyze s3://BUCKET/runs/xlstm_h100_full
 
-Reads the experiment with Tune's ``ExperimentAnalysis`` (no Ray cluster needed) and each seed's
-``finished.json``, from a local folder or the URI the ensemble was trained to.  Writes
+Reads the experiment's trials with Tune's ``ExperimentAnalysis`` (no Ray cluster needed) and each
+seed's ``metrics.jsonl`` and ``finished.json``, from a local folder or the URI the ensemble was
+trained to.  Writes
 ``seeds.csv``, ``seeds.md`` and ``curves.png`` to --out (default: EXPERIMENT_DIR/analysis; a folder
 or a URI).
 """
@@ -22,7 +23,7 @@ from core.errors import CheckpointError
 from core.cli import CliParser, run_cli
 from core.files import atomic_path, write_text_atomic
 from core.storage import StoragePath, as_path, fs_and_path
-from ray_jobs.run_folder import FINISHED, SEEDS_DIR, seed_run_name
+from ray_jobs.run_folder import FINISHED, SEEDS_DIR, read_history, seed_run_name
 
 CURVES = ("val_sharpe_ratio", "loss_sharpe", "gradient_norm", "val_turnover")
 
@@ -43,16 +44,20 @@ def check_experiment(experiment_dir: StoragePath) -> StoragePath:
 
 
 def trial_frames(experiment_dir: StoragePath) -> dict[int, pd.DataFrame]:
-    """Per-seed DataFrame of every reported epoch, from Tune's own records."""
+    """Per-seed DataFrame of every finished epoch, for each trial of the Tune experiment.
+
+    The rows are the seed's own ``metrics.jsonl`` (the same metrics each epoch reports to Tune),
+    not Tune's trial records: a trial that ``--resume`` restarts (it errored, or its driver was
+    killed) has no Tune checkpoint, so Tune starts its record over with the resumed epochs only,
+    while ``metrics.jsonl`` holds every epoch once.
+    """
     experiment_dir = check_experiment(experiment_dir)
     fs, path = fs_and_path(experiment_dir)
-    analysis = ExperimentAnalysis(path, storage_filesystem=fs)
     frames = {}
-    for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.trial_id)
-        if df is None or df.empty:
-            df = pd.DataFrame(columns=["epoch", *CURVES])
-        frames[int(trial.config["seed"])] = df.sort_values("epoch") if "epoch" in df else df
+    for trial in ExperimentAnalysis(path, storage_filesystem=fs).trials:
+        seed = int(trial.config["seed"])
+        rows = read_history(experiment_dir / SEEDS_DIR / seed_run_name(seed))
+        frames[seed] = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch", *CURVES])
     if not frames:
         raise CheckpointError(f"{experiment_dir} holds no trials.")
     return dict(sorted(frames.items()))
