@@ -48,8 +48,8 @@ def trial_frames(experiment_dir: StoragePath) -> dict[int, pd.DataFrame]:
 
     The rows are the seed's own ``metrics.jsonl`` (the same metrics each epoch reports to Tune),
     not Tune's trial records: a trial that ``--resume`` restarts (it errored, or its driver was
-    killed) has no Tune checkpoint, so Tune starts its record over with the resumed epochs only,
-    while ``metrics.jsonl`` holds every epoch once.
+    killed) has no Tune checkpoint, and Tune may start its record over with the resumed epochs
+    only, while ``metrics.jsonl`` holds every epoch once.
     """
     experiment_dir = check_experiment(experiment_dir)
     fs, path = fs_and_path(experiment_dir)

@@ -150,11 +150,12 @@ def test_ensemble_on_two_nodes_lives_in_the_bucket_and_resumes_from_it(two_nodes
         info = json.loads((seeds / f"seed_{seed}" / "finished.json").read_text())
         assert table.loc[seed, "best_val_sharpe"] == pytest.approx(info["best_val_sharpe"], abs=1e-12)
         assert table.loc[seed, "best_epoch"] == info["best_epoch"] and table.loc[seed, "epochs_run"] == 2
-    # Why analyze reads metrics.jsonl: Tune got every report, but started seed 3's record over on --resume.
+    # Tune got the reports too; but its record of the resumed seed 3 may have started over at the
+    # resume (seen as [2] in one run of this test, [1, 2] in another): analyze reads metrics.jsonl.
     tune_rows = analyze.ExperimentAnalysis(seeds.parent.fs_path, storage_filesystem=seeds.fs).trial_dataframes
     by_seed = {int(df["config/seed"].iloc[0]): df for df in tune_rows.values()}
     assert list(by_seed[4]["val_sharpe"]) == [row["val_sharpe"] for row in read_history(seeds / "seed_4")]
-    assert list(by_seed[3]["epoch"]) == [2]
+    assert list(by_seed[3]["epoch"]) in ([2], [1, 2])
 
     # predict from the bucket == predict from local copies of the same best checkpoints
     assert Ensemble.load(str(experiment)).seeds == [3, 4]
