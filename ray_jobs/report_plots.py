@@ -8,10 +8,11 @@ Sharpe annualised with ``252 / horizon`` periods a year over a trailing year of 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
+from core.files import atomic_path
+from core.storage import StoragePath, as_path
 from data.scoring import TRADING_DAYS
 
 TOP_FACTORS = 10  # the weights plot shows the largest average holdings and groups the rest
@@ -52,7 +53,7 @@ def rolling_sharpe(net: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
-def _lines(results: dict, dates, values, title: str, path: Path, log: bool = False) -> str:
+def _lines(results: dict, dates, values, title: str, path: StoragePath, log: bool = False) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5), constrained_layout=True)
     labelled_member = False
@@ -66,12 +67,13 @@ def _lines(results: dict, dates, values, title: str, path: Path, log: bool = Fal
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return str(path)
+    return path.name
 
 
-def _weights(weights: np.ndarray, dates, factors: list[str], path: Path) -> str:
+def _weights(weights: np.ndarray, dates, factors: list[str], path: StoragePath) -> str:
     plt = _pyplot()
     top = np.argsort(weights.mean(axis=0))[::-1][:TOP_FACTORS]
     rest = np.setdiff1d(np.arange(weights.shape[1]), top)
@@ -83,14 +85,15 @@ def _weights(weights: np.ndarray, dates, factors: list[str], path: Path) -> str:
     ax.set_title("Ensemble weights at each rebalance")
     ax.set_ylim(0, max(1.0, float(weights.clip(min=0).sum(axis=1).max())))
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return str(path)
+    return path.name
 
 
-def plot_report(results: dict, dates, factors: list[str], out: Path) -> list[str]:
-    """Write equity.png, drawdown.png, rolling_sharpe.png and weights.png to ``out``; their paths."""
-    out = Path(out)
+def plot_report(results: dict, dates, factors: list[str], out: StoragePath) -> list[str]:
+    """Write equity.png, drawdown.png, rolling_sharpe.png and weights.png to ``out`` (a folder or a URI); their file names."""
+    out = as_path(out)
     return [
         _lines(results, dates, lambda r: np.cumprod(1 + r.net), "Growth of 1, net of costs (log scale)",
                out / "equity.png", log=True),

@@ -21,14 +21,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from core.cli import CliParser, run_cli
 from core.config import Config, check_device, load_config
 from core.errors import ConfigError
+from core.files import write_text_atomic
+from core.storage import StoragePath, as_path
 from data.folds import WINDOWS, FoldPlan, folds_for
 from data.windows import absolute_panel_path, load_panel, prepare
 from ray_jobs import ray_cluster
@@ -50,7 +50,7 @@ class FoldRun:
     """What every (fold, seed) trial shares through ``tune.with_parameters``."""
 
     cfg: Config
-    experiment_dir: Path  # absolute; fold j's seeds train in experiment_dir / fold_<j> / seed_<s>
+    experiment_dir: StoragePath  # absolute folder or URI; fold j's seeds train in experiment_dir / fold_<j> / seed_<s>
     plan: FoldPlan
     panel_path: str | None  # absolute Parquet path, or None for the embedded synthetic panel
 
@@ -73,7 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--window", choices=WINDOWS, default="expanding",
                    help="train from the first date (expanding, default) or on a fixed length (rolling)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per fold (default: ensemble.seeds)")
-    p.add_argument("--storage", required=True, help="storage root")
+    p.add_argument("--storage", required=True, help="storage root: a folder or a URI such as s3://BUCKET/runs")
+    p.add_argument("--shared-mount", action="store_true",
+                   help="--storage is a folder on a mount every node shares (EFS, NFS): allowed on a cluster of "
+                        "several nodes, after a check that every node sees it")
     p.add_argument("--name", required=True, help="run name: the run lives in STORAGE/NAME")
     p.add_argument("--data", default=None, help="Parquet factor panel (default: data.panel_path, else synthetic)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (same --folds/--window/--seeds)")
@@ -86,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _check_plan_record(experiment_dir: Path, record: dict, resume: bool) -> None:
+def _check_plan_record(experiment_dir: StoragePath, record: dict, resume: bool) -> None:
     path = experiment_dir / PLAN_FILE
     if not resume:
         if experiment_dir.exists() and any(experiment_dir.iterdir()):
@@ -100,13 +103,13 @@ def _check_plan_record(experiment_dir: Path, record: dict, resume: bool) -> None
                           "resume with the same --folds, --window, --seeds and --set values.")
 
 
-def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], Path, str | None]:
+def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str | None]:
     """Config, fold plan, seeds, run folder and panel, every check done before anything is written."""
     cfg = load_config(args.config, args.overrides)
     seeds = tuple(args.seeds) if args.seeds else cfg.ensemble.seeds
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {list(seeds)}: seeds must be distinct.")
-    experiment_dir = Path(args.storage).resolve() / args.name
+    experiment_dir = as_path(args.storage).resolve() / args.name
     record = {"folds": args.folds, "window": args.window, "seeds": list(seeds), "overrides": list(args.overrides)}
     _check_plan_record(experiment_dir, record, args.resume)
     if not os.environ.get("RAY_ADDRESS"):
@@ -116,7 +119,7 @@ def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], Path, str | None]
     for fold in plan.folds:
         prepare(cfg, panel_path, splits=fold)  # each fold's normaliser fits (no constant feature)
     ensure_writable(experiment_dir)
-    (experiment_dir / PLAN_FILE).write_text(json.dumps(record, indent=2))
+    write_text_atomic(experiment_dir / PLAN_FILE, json.dumps(record, indent=2))
     return cfg, plan, seeds, experiment_dir, panel_path
 
 
@@ -129,13 +132,14 @@ def describe_plan(plan: FoldPlan, dates) -> str:
     return "\n".join(lines)
 
 
-def train_folds(cfg: Config, plan: FoldPlan, seeds, experiment_dir: Path, panel_path, resume: bool,
-                num_cpus=None) -> None:
+def train_folds(cfg: Config, plan: FoldPlan, seeds, experiment_dir: StoragePath, panel_path, resume: bool,
+                num_cpus=None, shared_mount: bool = False) -> None:
     """Every (fold, seed) trial to the end; raises the first failure's typed error, naming the trial."""
     for run_dir in sorted(experiment_dir.glob("fold_*/seed_*")):
         clear_failure(run_dir)  # --resume: a trial that stopped on an error gets a new attempt
     trainable = trial_trainable(FoldRun(cfg, experiment_dir, plan, panel_path), trial=fold_seed_trial)
     with ray_cluster.ray_session(experiment_dir, num_cpus=num_cpus):
+        ray_cluster.check_shared_storage(experiment_dir.parent, shared_mount)
         check_cluster_devices(cfg)
         if resume:
             tuner = restore_grid(trainable, experiment_dir)
@@ -154,7 +158,7 @@ def train_folds(cfg: Config, plan: FoldPlan, seeds, experiment_dir: Path, panel_
         )
 
 
-def run(args) -> Path:
+def run(args) -> StoragePath:
     """Train every (fold, seed), then write the out-of-sample report to ``STORAGE/NAME/report``."""
     from ray_jobs.walkforward_report import walk_forward_report
 
@@ -162,7 +166,7 @@ def run(args) -> Path:
     dates = load_panel(cfg.data, panel_path).dates
     print(f"walk-forward {experiment_dir.name}: {len(plan)} folds ({args.window}) x seeds {list(seeds)}\n"
           + describe_plan(plan, dates))
-    train_folds(cfg, plan, seeds, experiment_dir, panel_path, args.resume, args.num_cpus)
+    train_folds(cfg, plan, seeds, experiment_dir, panel_path, args.resume, args.num_cpus, args.shared_mount)
     baselines = None if args.baselines is None else [BASELINE_KEYS[b] for b in args.baselines]
     report = walk_forward_report(experiment_dir, plan, panel_path, args.device, baselines)
     print(f"\nreport: {report}")

@@ -12,12 +12,13 @@ rebalances.  Writes ``metrics.csv``, ``folds.csv``, ``report.md`` and the PNGs o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from core.files import write_text_atomic
+from core.storage import StoragePath, as_path
 from data import horizon_returns
 from data.figures import BENCHMARK, figures_table
 from data.folds import FoldPlan
@@ -38,7 +39,7 @@ class FoldOutputs:
     ic: np.ndarray  # (K_j,) rank IC of the members' mean expected return with the realised horizon return
 
 
-def fold_outputs(fold_dir: Path, rebalances: np.ndarray, panel_path, device: str) -> tuple[FoldOutputs, EnsembleInputs]:
+def fold_outputs(fold_dir: StoragePath, rebalances: np.ndarray, panel_path, device: str) -> tuple[FoldOutputs, EnsembleInputs]:
     inputs = EnsembleInputs.load(None, panel_path, device, runs=[fold_dir])
     ens = inputs.ensemble
     x = inputs.windows(rebalances)  # (K_j, L, N, F), dates <= each decision only
@@ -91,11 +92,11 @@ def _slice_sharpe(result, part: slice) -> float:
     return annualised_sharpe(result.net[part], result.horizon)
 
 
-def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu", baselines=None):
+def evaluate(experiment_dir: StoragePath, plan: FoldPlan, panel_path, device: str = "cpu", baselines=None):
     """(results per policy, per-policy table, per-fold table, inputs of fold 0, oos rebalances)."""
     outputs, first = [], None
     for j in range(len(plan)):
-        out, inputs = fold_outputs(Path(experiment_dir) / f"fold_{j}", plan.rebalances(j), panel_path, device)
+        out, inputs = fold_outputs(as_path(experiment_dir) / f"fold_{j}", plan.rebalances(j), panel_path, device)
         outputs.append(out)
         first = first or inputs
     idx = np.concatenate([o.rebalances for o in outputs])  # == plan.oos[::horizon]
@@ -110,15 +111,15 @@ def evaluate(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cp
     return results, table, folds, first, idx
 
 
-def walk_forward_report(experiment_dir: Path, plan: FoldPlan, panel_path, device: str = "cpu", baselines=None) -> Path:
+def walk_forward_report(experiment_dir: StoragePath, plan: FoldPlan, panel_path, device: str = "cpu",
+                        baselines=None) -> StoragePath:
     """Evaluate (``baselines``: names of :data:`ray_jobs.backtest.BASELINE_POLICIES`, None for all)
     and write the report; returns the path of ``report.md``."""
     results, table, folds, inputs, idx = evaluate(experiment_dir, plan, panel_path, device, baselines)
-    out = Path(experiment_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = as_path(experiment_dir) / "report"
     full = pd.concat([table, members_summary(table)], ignore_index=True)
-    full.to_csv(out / "metrics.csv", index=False)
-    folds.to_csv(out / "folds.csv", index=False)
+    write_text_atomic(out / "metrics.csv", full.to_csv(index=False))
+    write_text_atomic(out / "folds.csv", folds.to_csv(index=False))
     dates = inputs.panel.dates[idx]
     plots = plot_report(results, dates, list(inputs.panel.factors), out)
     print(full[["policy", "sharpe", "sharpe_se", "sharpe_vs_1n", "p_value_vs_1n", "max_drawdown", "turnover"]]
@@ -133,13 +134,13 @@ def _members_row(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def write_markdown(out: Path, table: pd.DataFrame, folds: pd.DataFrame, inputs, idx, plots: list[str]) -> Path:
+def write_markdown(out: StoragePath, table: pd.DataFrame, folds: pd.DataFrame, inputs, idx, plots: list[str]) -> StoragePath:
     pf, h = inputs.ensemble.cfg.portfolio, inputs.horizon
     dates = inputs.panel.dates[idx]
     policies = table[~table.policy.str.startswith("members ")]
     shown = pd.concat([policies[~policies.policy.str.startswith("seed ")].round(4).astype(object), _members_row(table)])
     text = [
-        f"# Walk-forward backtest of {Path(out).parent.name}\n",
+        f"# Walk-forward backtest of {out.parent.name}\n",
         f"Out-of-sample {dates[0]} .. {dates[-1]}: {len(idx)} rebalances every {h} days over {len(folds)} folds; "
         f"cost {pf.tc_rate} per unit traded. Definitions of every column: docs/evaluation.md.\n",
         "## Policies\n", to_markdown(shown), "",
@@ -147,8 +148,6 @@ def write_markdown(out: Path, table: pd.DataFrame, folds: pd.DataFrame, inputs, 
         "2008, HAC). `break_even_cost`: the cost per unit traded at which the policy's net Sharpe falls to "
         "1/N's. `sharpe_<c>bp`: net Sharpe with the same weights charged c basis points per unit traded.\n",
         "## Folds\n", to_markdown(folds.round(4)), "",
-        *[f"![{Path(p).stem}]({Path(p).name})\n" for p in plots],
+        *[f"![{name.rsplit('.', 1)[0]}]({name})\n" for name in plots],
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(text))
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(text))
