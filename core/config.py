@@ -41,7 +41,7 @@ class EncoderConfig:
     """sLSTM kernel: auto = CUDA kernel on cuda, the fast pure-torch step elsewhere;
     vanilla = upstream pure-torch step (slow reference)."""
     conv1d_kernel_size: int = 4
-    """Causal conv width inside the blocks (upstream default)."""
+    """Causal conv width inside the blocks (upstream default); at least 2."""
     layout: Literal["factorwise", "panel"] = "factorwise"
     """factorwise: one encoder shared by all factors reads each factor's own series (as patches of
     patch_days days), then a market context (mean over factors) is mixed in and shared heads give
@@ -347,7 +347,8 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         enc.num_heads >= 1 and enc.hidden_dim % enc.num_heads == 0, src, "model.encoder.num_heads",
         enc.num_heads, f"must divide hidden_dim = {enc.hidden_dim}",
     )
-    _check(enc.conv1d_kernel_size >= 1, src, "model.encoder.conv1d_kernel_size", enc.conv1d_kernel_size, "must be >= 1")
+    _check(enc.conv1d_kernel_size >= 2, src, "model.encoder.conv1d_kernel_size", enc.conv1d_kernel_size,
+           "must be >= 2 (upstream's causal conv returns an empty sequence for a width of 1)")
     inner = -(-2 * enc.hidden_dim // 64) * 64  # mLSTM's up-projection: 2 x hidden, rounded up to 64
     _check(
         "mLSTM" not in enc.cell_types or inner % enc.num_heads == 0, src, "model.encoder.num_heads",

@@ -24,6 +24,9 @@ sLSTM backends (``model.encoder.slstm_backend``), resolved here from the device 
 * ``fast``: :mod:`model.slstm_fast`, pure torch, same weights and outputs as ``vanilla``;
 * ``vanilla``: upstream's pure-torch step (the slow reference).
 
+Every backend runs upstream's causal convolution and per-head norm through
+:mod:`model.fast_layers` (same parameters and math, without their slow CPU backward kernels).
+
 On cuda the sLSTM kernel computes in ``training.precision`` (float32 or bfloat16; upstream's default
 would be bfloat16 always).
 """
@@ -48,6 +51,7 @@ from xlstm import (
 from core.config import EncoderConfig, check_device
 from core.errors import ConfigError, DeviceError, ShapeError
 from model.heads import check_shape
+from model.fast_layers import use_fast_layers
 from model.slstm_fast import use_fast_slstm
 from model.spec import ModelSpec
 
@@ -144,8 +148,9 @@ class XLSTMEncoder(nn.Module):
         super().__init__()
         enc = spec.encoder
         check_device(torch.device(device).type)
-        if enc.conv1d_kernel_size < 1:
-            raise ConfigError(f"model.encoder.conv1d_kernel_size = {enc.conv1d_kernel_size} must be >= 1.")
+        if enc.conv1d_kernel_size < 2:
+            raise ConfigError(f"model.encoder.conv1d_kernel_size = {enc.conv1d_kernel_size} must be >= 2 (upstream's "
+                              "causal conv returns an empty sequence for a width of 1).")
         self.lookback, self.n_factors, self.n_features = spec.lookback_days, spec.num_factors, spec.num_features
         self.hidden_dim = enc.hidden_dim
         self.slstm_backend = resolve_slstm_backend(enc.slstm_backend, device)
@@ -170,6 +175,7 @@ class XLSTMEncoder(nn.Module):
         apply_layer_dropout(self.stack, enc.dropout)
         if self.slstm_backend == "fast":
             use_fast_slstm(self.stack)
+        use_fast_layers(self.stack)  # causal conv and per-head norm without their slow CPU kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Summarise a batch of windows.
