@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 help:
 	@echo "make test   - set up .venv and run the test suite"
-	@echo "make demo   - set up .venv and run the 5-seed CPU ensemble demo (about 9 min on 2 cores)"
+	@echo "make demo   - set up .venv and run the 5-seed CPU ensemble demo (about 8 min on 2 cores)"
 	@echo "make sp500  - real-data check: S&P 500 panel from skfolio's bundled prices, 5-seed ensemble, backtest"
 	@echo "make quality - quality benchmark of the demo config (docs/quality.md)"
 	@echo "make clean  - remove .venv and demo outputs"
