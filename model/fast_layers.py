@@ -19,6 +19,10 @@ Both are installed per module by :func:`use_fast_layers`, which swaps the class 
 instances (the subclasses add no state, so parameters, state dicts and checkpoints are unchanged);
 upstream is never patched globally.  A configuration the fast forward does not cover (a
 convolution with a carried state or channel mixing, kernel size 0) runs upstream's own forward.
+Under bf16 autocast the per-head norm computes in float32 as upstream's ``group_norm`` does there;
+the shifted sum multiplies a bf16 input by float32 weights, so it computes in float32 where
+upstream's conv computes in bf16 (the moments of a bf16 step came out closer to float32's:
+tests/ray_jobs/test_precision.py).
 tests/model/test_fast_layers.py checks outputs and gradients against upstream in float64.
 """
 
@@ -58,6 +62,10 @@ class FastMultiHeadLayerNorm(MultiHeadLayerNorm):
         if input.dim() != 4:
             raise ValueError(f"MultiHeadLayerNorm expects (B, NH, S, DH), got shape {tuple(input.shape)}")
         heads, width = input.shape[1], input.shape[3]
+        if input.dtype in (torch.bfloat16, torch.float16):
+            # Normalise in float32, as upstream's group_norm does under autocast (it is on autocast's
+            # float32 list on CPU and CUDA; layer_norm is not on CPU's, so it would run in bf16).
+            input = input.float()
         z = F.layer_norm(input.transpose(1, 2), (width,), eps=self.eps)  # (B, S, NH, DH)
         weight = self.weight_proxy
         if weight is not None:
