@@ -110,3 +110,16 @@ def test_encoder_with_fast_layers_matches_upstream_layers(path):
     assert fast.state_dict().keys() == ref.state_dict().keys()
     x = windows(batch=3, seed=4)
     _assert_same(_outputs_and_grads(fast, x), _outputs_and_grads(ref, x), atol=1e-5)
+
+
+def test_fast_layers_refuse_another_xlstm_version(monkeypatch):
+    """They rely on upstream's layer internals (conv weight layout, weight_proxy): checked version only."""
+    import xlstm
+
+    from model.slstm_fast import XlstmVersionError
+
+    ref = upstream_copy(XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu"))
+    monkeypatch.setattr(xlstm, "__version__", "2.0.7")
+    with pytest.raises(XlstmVersionError, match=r"checked against xlstm==2\.0\.6 but xlstm 2\.0\.7"):
+        use_fast_layers(ref)
+    assert not any(type(m) in UPSTREAM for m in ref.modules())  # nothing switched
