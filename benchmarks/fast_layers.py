@@ -12,7 +12,6 @@ one process means a busy machine slows both alike.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import sys
 
@@ -23,24 +22,10 @@ from core.cli import CliParser, run_cli
 from core.config import load_config
 
 
-def upstream_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` running upstream's layers where it runs the fast ones."""
-    from xlstm.components.conv import CausalConv1d
-    from xlstm.components.ln import MultiHeadLayerNorm
-
-    from model.fast_layers import FastCausalConv1d, FastMultiHeadLayerNorm
-
-    back = {FastCausalConv1d: CausalConv1d, FastMultiHeadLayerNorm: MultiHeadLayerNorm}
-    ref = copy.deepcopy(model)
-    for sub in ref.modules():
-        if type(sub) in back:
-            sub.__class__ = back[type(sub)]
-    return ref
-
-
 def run(args) -> dict:
     from benchmarks.step import one_step
     from data import prepare
+    from model.fast_layers import upstream_layers
     from model.network import XLSTMPortfolio
     from ray_jobs.steps import make_optimizer
 

@@ -28,6 +28,7 @@ tests/model/test_fast_layers.py checks outputs and gradients against upstream in
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -92,3 +93,14 @@ def use_fast_layers(module: nn.Module) -> int:
             sub.__class__ = fast
             switched += 1
     return switched
+
+
+def upstream_layers(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with upstream's layers wherever it runs the fast ones: the reference
+    that the tests and ``benchmarks.fast_layers`` compare against (same parameters)."""
+    upstream = {fast: slow for slow, fast in _FAST.items()}
+    ref = copy.deepcopy(module)
+    for sub in ref.modules():
+        if type(sub) in upstream:
+            sub.__class__ = upstream[type(sub)]
+    return ref

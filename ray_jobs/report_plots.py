@@ -92,7 +92,8 @@ def _weights(weights: np.ndarray, dates, factors: list[str], path: StoragePath) 
 
 
 def plot_report(results: dict, dates, factors: list[str], out: StoragePath) -> list[str]:
-    """Write equity.png, drawdown.png, rolling_sharpe.png and weights.png to ``out`` (a folder or a URI); their file names."""
+    """Write equity.png, drawdown.png, rolling_sharpe.png and weights.png to ``out`` (a folder or a
+    URI); returns their file names."""
     out = as_path(out)
     return [
         _lines(results, dates, lambda r: np.cumprod(1 + r.net), "Growth of 1, net of costs (log scale)",

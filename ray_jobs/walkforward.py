@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 

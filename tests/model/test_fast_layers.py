@@ -11,20 +11,11 @@ from xlstm.components.conv import CausalConv1d, CausalConv1dConfig
 from xlstm.components.ln import MultiHeadLayerNorm
 
 from model.encoder import XLSTMEncoder
-from model.fast_layers import FastCausalConv1d, FastMultiHeadLayerNorm, use_fast_layers
+from model.fast_layers import FastCausalConv1d, FastMultiHeadLayerNorm, upstream_layers, use_fast_layers
 from model.spec import ModelSpec
 from test_encoder import MAC, FULL, small_config, windows
 
 UPSTREAM = {FastCausalConv1d: CausalConv1d, FastMultiHeadLayerNorm: MultiHeadLayerNorm}
-
-
-def upstream_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy running upstream's layers wherever ``module`` runs the fast ones."""
-    ref = copy.deepcopy(module)
-    for sub in ref.modules():
-        if type(sub) in UPSTREAM:
-            sub.__class__ = UPSTREAM[type(sub)]
-    return ref
 
 
 def _outputs_and_grads(layer, x: torch.Tensor, *args):
@@ -105,7 +96,7 @@ def test_encoder_with_fast_layers_matches_upstream_layers(path):
     kinds = {type(m) for m in fast.modules()}
     assert FastCausalConv1d in kinds and FastMultiHeadLayerNorm in kinds
     assert not kinds & {CausalConv1d, MultiHeadLayerNorm}
-    ref = upstream_copy(fast)
+    ref = upstream_layers(fast)
     assert use_fast_layers(copy.deepcopy(ref)) == sum(type(m) in UPSTREAM for m in fast.modules())
     assert fast.state_dict().keys() == ref.state_dict().keys()
     x = windows(batch=3, seed=4)
@@ -118,7 +109,7 @@ def test_fast_layers_refuse_another_xlstm_version(monkeypatch):
 
     from model.slstm_fast import XlstmVersionError
 
-    ref = upstream_copy(XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu"))
+    ref = upstream_layers(XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu"))
     monkeypatch.setattr(xlstm, "__version__", "2.0.7")
     with pytest.raises(XlstmVersionError, match=r"checked against xlstm==2\.0\.6 but xlstm 2\.0\.7"):
         use_fast_layers(ref)
