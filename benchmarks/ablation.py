@@ -39,6 +39,7 @@ def val_ic(cfg, model, source, split: np.ndarray) -> float:
 
 def run(args) -> list[dict]:
     from data import prepare
+    from data.splits import block_dates
     from model.network import XLSTMPortfolio
     from ray_jobs.seed_loop import seed_everything
     from ray_jobs.steps import gradient_scales, make_optimizer, training_step, validate
@@ -68,7 +69,7 @@ def run(args) -> list[dict]:
             if args.batch_dates == "blocks":  # B rebalance dates h days apart from a random start
                 span = (tr.batch_size - 1) * cfg.data.prediction_horizon
                 first = int(rng.integers(0, len(train) - span))
-                idx = torch.as_tensor(train[first: first + span + 1: cfg.data.prediction_horizon].copy())
+                idx = torch.as_tensor(block_dates(train, first, tr.batch_size, cfg.data.prediction_horizon).copy())
             else:
                 idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])
             x, r_daily, r_horizon = source.gather(idx)

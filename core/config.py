@@ -162,6 +162,12 @@ class TrainingConfig:
     """cosine decays to lr/10 over max_epochs."""
     steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (null = one pass over the training windows)."""
+    batch_dates: Literal["random", "blocks"] = "random"
+    """random: each batch is batch_size training dates drawn at random (a fresh shuffle each
+    epoch); blocks: each batch is batch_size consecutive rebalance dates one horizon apart from a
+    random start, a stretch of batch_size x horizon days traded as the backtest trades it, so the
+    batch Sharpe scores one stretch of time (docs/quality.md, A12).  An epoch of blocks has as
+    many steps as an epoch of random dates."""
     output_dir: str = "runs/train"
     """Where `python train.py` writes a run: a folder (relative paths are resolved from the cwd) or a
     URI such as s3://BUCKET/runs."""

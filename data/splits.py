@@ -147,3 +147,27 @@ def splits_for(n_dates: int, data_cfg: DataConfig) -> Splits:
 def rebalance_indices(split: np.ndarray, horizon: int) -> np.ndarray:
     """Non-overlapping decisions of one split: every ``horizon``-th index from its first.  (n_reb,)."""
     return split[::horizon]
+
+
+def block_starts(train: np.ndarray, size: int, horizon: int) -> np.ndarray:
+    """Positions in ``train`` where a block of ``size`` rebalance dates one ``horizon`` apart
+    starts and ends inside the split (``training.batch_dates: blocks``).  (n_starts,) int64.
+
+    Raises ConfigError when the split is shorter than one block.
+    """
+    span = (size - 1) * horizon  # decision dates from a block's first to its last
+    if len(train) <= span:
+        raise ConfigError(
+            f"training.batch_dates = 'blocks': a batch of {size} rebalance dates {horizon} days apart spans "
+            f"{span + 1} decision dates, but the training split holds {len(train)}. Lower training.batch_size "
+            f"to at most {max(1, (len(train) - 1) // horizon)} per worker, or use training.batch_dates=random."
+        )
+    return np.arange(len(train) - span, dtype=np.int64)
+
+
+def block_dates(train: np.ndarray, start: int, size: int, horizon: int) -> np.ndarray:
+    """The block of ``size`` rebalance dates one ``horizon`` apart from ``train[start]``.  (size,) int64."""
+    block = train[start : start + (size - 1) * horizon + 1 : horizon]
+    if len(block) != size:
+        raise ValueError(f"block start {start}: only {len(block)} of {size} dates fit a training split of {len(train)}.")
+    return block

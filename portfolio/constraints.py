@@ -13,11 +13,15 @@
 
 from __future__ import annotations
 
-import cvxpy as cp
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from core.errors import SolverError
+
+if TYPE_CHECKING:
+    import cvxpy as cp
 
 __all__ = ["check_feasible", "check_solution", "cvxpy_constraints", "describe", "held_by_bound", "infeasibility"]
 
@@ -28,6 +32,8 @@ def cvxpy_constraints(w: cp.Variable, constraint: str, max_weight, leverage: flo
     constraint : "long_only" or "long_short"; max_weight (long_only; None = no upper bound);
     leverage : gross limit of long_short.
     """
+    import cvxpy as cp  # here: the torch solver's processes never load cvxpy (~1 s per Ray worker)
+
     constraints = [cp.sum(w) == 1]
     if constraint == "long_only":
         constraints.append(w >= 0)

@@ -25,7 +25,6 @@ import torch
 from core.config import PortfolioConfig
 from core.errors import ConfigError, ShapeError, SolverError
 from portfolio.constraints import check_feasible, check_solution
-from portfolio.cvx import CvxpyBackend
 from portfolio.torch_solver import QPSettings, single_thread, solve_portfolio_qp
 
 __all__ = ["PortfolioLayer"]
@@ -53,7 +52,11 @@ class PortfolioLayer(torch.nn.Module):
             raise ConfigError(f"portfolio.solver = {cfg.solver!r} is unknown; use 'cvxpylayers' or 'torch'.")
         self.n_assets, self.cov_rank, self.cfg = n_assets, cov_rank, cfg
         self.settings = QPSettings.from_config(cfg)
-        self._cvx = CvxpyBackend(n_assets, cov_rank, cfg) if cfg.solver == "cvxpylayers" else None
+        self._cvx = None
+        if cfg.solver == "cvxpylayers":
+            from portfolio.cvx import CvxpyBackend  # cvxpy + diffcp load only for the reference solver
+
+            self._cvx = CvxpyBackend(n_assets, cov_rank, cfg)
 
     @property
     def backend(self) -> str:

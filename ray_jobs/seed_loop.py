@@ -161,7 +161,8 @@ def fit(run: WorkerRun, state: SeedState) -> None:
         torch.manual_seed(seed * 100_003 + epoch)  # dropout stream: reproducible after a resume
         stats = train_epoch(run.cfg, run.fwd, run.model, run.optimizer, run.shard, run.source, epoch, run.world,
                             run.settings.run_dir, shuffle_buffer=run.settings.n_train,
-                            shuffle_seed=seed * 100_003 + epoch * 101 + run.rank, scales=state.loss_scales)
+                            shuffle_seed=seed * 100_003 + epoch * 101 + run.rank, scales=state.loss_scales,
+                            train=run.prepared.splits.train)
         val = validate(run.cfg, run.model, run.source, run.prepared.splits.val, scales=state.loss_scales)
         run.scheduler.step()
         improved = val["val_sharpe"] > state.best_val_sharpe + tr.min_delta

@@ -17,7 +17,7 @@ import torch
 from core.config import Config
 from core.errors import DeviceError, SolverError, TrainingError
 from data.scoring import score_weights
-from data.splits import rebalance_indices
+from data.splits import block_dates, rebalance_indices
 from model.losses import compute_losses, term_weights
 from model.network import solve_device
 from ray_jobs.run_folder import stop_note
@@ -176,29 +176,57 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
     return {key: 1.0 / means[key] if key in means else 1.0 for key in weights}
 
 
+def per_worker_batch(cfg: Config, world: int) -> int:
+    """Windows per step on each of ``world`` data-parallel workers (the global batch split)."""
+    return max(2, cfg.training.batch_size // world)
+
+
 def epoch_batches(shard, batch_size: int, shuffle_buffer: int, shuffle_seed: int | None):
-    """This epoch's batches of decision indices {"t": (B,) int64}, freshly shuffled by the seed."""
+    """This epoch's batches of the shard's rows ({"t": (B,) int64} or {"start": (B,) int64}),
+    freshly shuffled by the seed."""
     return shard.iter_torch_batches(
         batch_size=batch_size, drop_last=True, dtypes=torch.int64,
         local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed,
     )
 
 
+def step_dates(cfg: Config, shard, train: np.ndarray, world: int, shuffle_buffer: int, shuffle_seed: int | None):
+    """This epoch's decision indices per step, (per_worker,) int64 tensors, from the worker's shard.
+
+    ``training.batch_dates``: random, a batch of the shuffled decision indices the shard streams;
+    blocks, one shuffled block start per step, expanded to the worker's batch of consecutive
+    rebalance dates of ``train`` (:func:`data.splits.block_dates`).  An epoch of blocks stops after
+    as many steps as an epoch of random dates has (``len(train) // global batch``).
+    """
+    per_worker = per_worker_batch(cfg, world)
+    if cfg.training.batch_dates == "random":
+        for batch in epoch_batches(shard, per_worker, shuffle_buffer, shuffle_seed):
+            yield batch["t"]
+        return
+    h = cfg.data.prediction_horizon
+    for step, batch in enumerate(epoch_batches(shard, 1, shuffle_buffer, shuffle_seed), start=1):
+        yield torch.as_tensor(block_dates(train, int(batch["start"][0]), per_worker, h))
+        if step >= max(1, len(train) // (per_worker * world)):
+            return
+
+
 def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, world: int, run_dir: Path,
-                shuffle_buffer: int, shuffle_seed: int | None = None, scales: dict | None = None) -> EpochStats:
-    """One pass over this worker's shard of freshly shuffled decision indices.
+                shuffle_buffer: int, shuffle_seed: int | None = None, scales: dict | None = None,
+                train: np.ndarray | None = None) -> EpochStats:
+    """One pass over this worker's shard: freshly shuffled decision indices, or block starts
+    (``training.batch_dates``; ``train``, the training split's decision indices, is then needed).
 
     ``shuffle_buffer``: the local shuffle buffer's size (the training split's length: a full shuffle).
     ``training.steps_per_epoch`` stops the pass early: a fresh random subset each epoch.
     """
     model.train()
-    per_worker = max(2, cfg.training.batch_size // world)
+    if cfg.training.batch_dates == "blocks" and train is None:
+        raise ValueError("train_epoch: training.batch_dates = 'blocks' needs the training split (train=...).")
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     norms, samples, wait = [], 0, 0.0
     start = tick = time.perf_counter()
-    batches = epoch_batches(shard, per_worker, shuffle_buffer, shuffle_seed)
-    for step, batch in enumerate(batches, start=1):
-        x, r_daily, r_horizon = source.gather(batch["t"].to(source.features.device))
+    for step, dates in enumerate(step_dates(cfg, shard, train, world, shuffle_buffer, shuffle_seed), start=1):
+        x, r_daily, r_horizon = source.gather(dates.to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
         terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir, scales)
         for key in LOSS_KEYS:
@@ -212,7 +240,7 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     steps = len(norms)
     if steps == 0:
         raise TrainingError(
-            f"epoch {epoch}: this worker received no full batch of {per_worker} training windows; "
+            f"epoch {epoch}: this worker received no full batch of {per_worker_batch(cfg, world)} training windows; "
             "lower training.batch_size or resources.num_workers."
         )
     return EpochStats(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.splits import make_splits, min_panel_dates, rebalance_indices
+from data.splits import block_dates, block_starts, make_splits, min_panel_dates, rebalance_indices
 from core.errors import ConfigError, DataError
 
 CASES = [  # n_dates, lookback, horizon, train_fraction, val_fraction, purge_days
@@ -53,3 +53,25 @@ def test_rebalances_do_not_overlap():
     s = make_splits(6264, 20, 5, 0.7, 0.15, 5)
     reb = rebalance_indices(s.val, 5)
     assert (np.diff(reb) == 5).all() and reb[0] == s.val[0] and reb[-1] <= s.val[-1]
+
+
+@pytest.mark.parametrize("size, horizon", [(64, 5), (32, 5), (2, 1), (7, 3)])
+def test_blocks_are_consecutive_rebalance_dates_inside_the_split(size, horizon):
+    train = np.arange(59, 59 + 700, dtype=np.int64)  # a training split's decision indices
+    starts = block_starts(train, size, horizon)
+    # Reference: every position whose block of `size` dates, `horizon` apart, stays in the split.
+    fits = [p for p in range(len(train)) if p + (size - 1) * horizon < len(train)]
+    assert starts.tolist() == fits
+    for p in (starts[0], starts[len(starts) // 2], starts[-1]):
+        block = block_dates(train, int(p), size, horizon)
+        assert block.tolist() == [int(train[p]) + horizon * i for i in range(size)]
+    assert block_dates(train, int(starts[-1]), size, horizon)[-1] == train[-1]  # the last block ends the split
+    with pytest.raises(ValueError, match="only"):
+        block_dates(train, int(starts[-1]) + 1, size, horizon)
+
+
+def test_a_split_shorter_than_one_block_is_refused():
+    train = np.arange(100, 100 + 315, dtype=np.int64)  # 64 dates 5 apart span 316 decisions
+    with pytest.raises(ConfigError, match=r"batch_dates = 'blocks'.*spans 316 decision dates.*holds 315.*at most 62"):
+        block_starts(train, 64, 5)
+    assert len(block_starts(np.arange(316, dtype=np.int64), 64, 5)) == 1

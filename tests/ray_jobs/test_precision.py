@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 
 from core.config import load_config
 from core.errors import DeviceError
