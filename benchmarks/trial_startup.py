@@ -36,16 +36,17 @@ def _loop(config: dict) -> None:
 
     entered = time.time()
     shard = ray.train.get_dataset_shard("train")
-    waits = []
+    waits, seen = [], []
     for epoch in range(config["epochs"]):
         start = time.time()
-        for i, _ in enumerate(shard.iter_torch_batches(batch_size=BATCH, drop_last=True,
-                                                       local_shuffle_buffer_size=ROWS, local_shuffle_seed=epoch)):
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=BATCH, drop_last=True,
+                                                           local_shuffle_buffer_size=ROWS, local_shuffle_seed=epoch)):
             if i == 0:
                 waits.append(time.time() - start)
+            seen.append(batch["t"].tolist())
             if i + 1 >= STEPS:
                 break
-    Path(config["out"]).write_text(json.dumps({"entered": entered, "waits": waits}))
+    Path(config["out"]).write_text(json.dumps({"entered": entered, "waits": waits, "batches": seen}))
 
 
 def _trainer(root: Path, name: str, epochs: int, split: bool):
@@ -62,18 +63,23 @@ def _trainer(root: Path, name: str, epochs: int, split: bool):
     )
 
 
-def hand_off(root: Path, epochs: int, rounds: int) -> dict:
+def hand_off(root: Path, epochs: int, rounds: int) -> tuple[dict, bool]:
+    """Timings per arm, and whether both arms gave the worker the same batches in every round."""
     rows = {"streaming split": [], "no split (one worker)": []}
+    same = True
     for r in range(rounds):
+        batches = []
         for arm, split in (("streaming split", True), ("no split (one worker)", False)):
             name = f"{'split' if split else 'nosplit'}_{r}"
             start = time.time()
             _trainer(root, name, epochs, split).fit()
             total = time.time() - start
             seen = json.loads((root / f"{name}.json").read_text())
+            batches.append(seen["batches"])
             rows[arm].append({"to_train_fn": seen["entered"] - start, "first_wait": seen["waits"][0],
                               "later_waits": statistics.mean(seen["waits"][1:]), "fit": total})
-    return rows
+        same = same and batches[0] == batches[1]
+    return rows, same
 
 
 def trial_processes(root: Path, trials: int, epochs: int) -> dict:
@@ -105,7 +111,7 @@ def run(args) -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     root = Path(tempfile.mkdtemp(prefix="trial_startup_"))
     with ray_cluster.ray_session(root, num_cpus=4):
-        handed = hand_off(root, args.epochs, args.rounds)
+        handed, same = hand_off(root, args.epochs, args.rounds)
         reused = trial_processes(root, args.trials, args.epochs)
     print(f"dataset hand-off: 1 worker, {args.epochs} epochs of {STEPS} batches of {BATCH}; "
           f"median of {args.rounds} alternating rounds, seconds")
@@ -114,7 +120,8 @@ def run(args) -> None:
     for arm, m in med.items():
         print(f"{arm:<24}{m['to_train_fn']:>18.2f}{m['first_wait']:>20.2f}{m['later_waits']:>18.2f}{m['fit']:>13.2f}")
     a, b = med["streaming split"]["fit"], med["no split (one worker)"]["fit"]
-    print(f"whole fit(): {a - b:+.2f} s per trial with the split ({a / b:.2f}x)")
+    print(f"whole fit(): {a - b:+.2f} s per trial with the split ({a / b:.2f}x); "
+          f"the same batches in both arms, every epoch of every round: {same}")
     print(f"\ntrial processes: {args.trials} trials one at a time, wall seconds per trial")
     for arm, sec in reused.items():
         print(f"{arm:<24}{sec:>8.2f}")
