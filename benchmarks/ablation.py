@@ -39,7 +39,7 @@ def val_ic(cfg, model, source, split: np.ndarray) -> float:
 
 def run(args) -> list[dict]:
     from data import prepare
-    from data.splits import block_dates
+    from data.splits import block_dates, block_starts
     from model.network import XLSTMPortfolio
     from ray_jobs.seed_loop import seed_everything
     from ray_jobs.steps import gradient_scales, make_optimizer, training_step, validate
@@ -61,14 +61,15 @@ def run(args) -> list[dict]:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d), use_buffers=True)
         for d in args.ema}
     rng, rows = np.random.default_rng(args.seed), []
+    if args.batch_dates == "blocks":
+        starts = block_starts(train, tr.batch_size, cfg.data.prediction_horizon)
     for epoch in range(1, tr.max_epochs + 1):
         torch.manual_seed(args.seed * 100_003 + epoch)
         model.train()
         order, start, norms, terms = rng.permutation(train), time.perf_counter(), [], []
         for step in range(steps):
             if args.batch_dates == "blocks":  # B rebalance dates h days apart from a random start
-                span = (tr.batch_size - 1) * cfg.data.prediction_horizon
-                first = int(rng.integers(0, len(train) - span))
+                first = int(starts[rng.integers(0, len(starts))])
                 idx = torch.as_tensor(block_dates(train, first, tr.batch_size, cfg.data.prediction_horizon).copy())
             else:
                 idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])

@@ -160,7 +160,8 @@ def block_starts(train: np.ndarray, size: int, horizon: int) -> np.ndarray:
         raise ConfigError(
             f"training.batch_dates = 'blocks': a batch of {size} rebalance dates {horizon} days apart spans "
             f"{span + 1} decision dates, but the training split holds {len(train)}. Lower training.batch_size "
-            f"to at most {max(1, (len(train) - 1) // horizon)} per worker, or use training.batch_dates=random."
+            f"so that each worker's share is at most {(len(train) - 1) // horizon + 1}, or use "
+            "training.batch_dates=random."
         )
     return np.arange(len(train) - span, dtype=np.int64)
 

@@ -66,13 +66,15 @@ class CompiledMoments:
         self.graphs = 0
         """Graphs built so far (the first compile included)."""
         self._eager = fn
+        # Loaded here, not at import: 1.6 s in every Ray worker that never compiles.
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        self._counters = counters
         self._fn = torch.compile(fn, fullgraph=True, recompile_limit=recompile_limit, backend=backend)
 
     def __call__(self, x: torch.Tensor) -> Moments:
-        import torch._dynamo  # here, not at import: 1.6 s in every Ray worker that never compiles
-        from torch._dynamo.utils import counters
-
-        before = counters["stats"]["unique_graphs"]
+        before = self._counters["stats"]["unique_graphs"]
         try:
             out = self._fn(x)
         except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
@@ -88,7 +90,7 @@ class CompiledMoments:
                 f"({self._modes()}): {type(exc).__name__}: {str(exc)[:2000]}. Set training.compile=false "
                 "to train eagerly; a graph break is an error here, not a silent split (fullgraph=True)."
             ) from exc
-        built = counters["stats"]["unique_graphs"] - before
+        built = self._counters["stats"]["unique_graphs"] - before
         if built:
             self.graphs += built
             LOGGER.info(

@@ -99,7 +99,7 @@ def build_trainer(
         datasets={"train": train_dataset(train_indices, seed, cfg)},
         # One worker reads the whole dataset itself: the same batches as a one-way streaming split
         # (checked), without the split's coordinator actor and its per-epoch hand-off (~2 s at the
-        # first batch, ~0.5 s at each later epoch; docs/performance.md).  Several workers split it.
+        # first batch, ~0.4 s at each later epoch; docs/performance.md).  Several workers split it.
         dataset_config=ray.train.DataConfig(datasets_to_split=[] if res.num_workers == 1 else "all"),
     )
 

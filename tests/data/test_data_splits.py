@@ -72,6 +72,7 @@ def test_blocks_are_consecutive_rebalance_dates_inside_the_split(size, horizon):
 
 def test_a_split_shorter_than_one_block_is_refused():
     train = np.arange(100, 100 + 315, dtype=np.int64)  # 64 dates 5 apart span 316 decisions
-    with pytest.raises(ConfigError, match=r"batch_dates = 'blocks'.*spans 316 decision dates.*holds 315.*at most 62"):
+    with pytest.raises(ConfigError, match=r"batch_dates = 'blocks'.*spans 316 decision dates.*holds 315.*at most 63,"):
         block_starts(train, 64, 5)
+    assert len(block_starts(train, 63, 5)) == 315 - 62 * 5  # the largest block the message names fits
     assert len(block_starts(np.arange(316, dtype=np.int64), 64, 5)) == 1
