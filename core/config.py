@@ -152,6 +152,15 @@ class TrainingConfig:
     gradients; none: raw terms (the Sharpe term's gradient is then 100-1000x the others')."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    decision_gradient: Literal["mu_and_cov", "mu"] = "mu_and_cov"
+    """What the losses on the portfolio weights (Sharpe, costs) train through the solve:
+    mu_and_cov, both moments (end to end); mu, the expected returns only, Sigma then being trained
+    by its own loss (beta_cov) alone (docs/quality.md, A15)."""
+    input_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to the normalised input features of every
+    training window at every step (0 = none); validation, backtests and prediction see the clean
+    inputs.  Each window is seen a few times an epoch at most, and noise keeps the model from
+    keying on its exact values (docs/quality.md, A14)."""
     grad_clip_norm: float = 1.0
     """Global gradient-norm clip (the norm before clipping is logged)."""
     patience: int = 20
@@ -391,7 +400,7 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(tr.learning_rate > 0, src, "training.learning_rate", tr.learning_rate, "must be > 0")
     _check(tr.grad_clip_norm > 0, src, "training.grad_clip_norm", tr.grad_clip_norm, "must be > 0")
     _check(tr.patience >= 1, src, "training.patience", tr.patience, "must be >= 1")
-    for key in ("alpha_return", "beta_cov", "gamma_sharpe", "lambda_tc", "weight_decay", "min_delta"):
+    for key in ("alpha_return", "beta_cov", "gamma_sharpe", "lambda_tc", "weight_decay", "min_delta", "input_noise"):
         _check(getattr(tr, key) >= 0, src, f"training.{key}", getattr(tr, key), "must be >= 0")
     # CPU runs both (the rehearsal of the GPU job: tests/ray_jobs/test_precision.py); MPS has never
     # been run with either here, and inductor's MPS backend is a prototype: refused, not tried.

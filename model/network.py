@@ -108,7 +108,7 @@ class XLSTMPortfolio(nn.Module):
         layer stays eager.  The modules and the state dict are unchanged (no ``_orig_mod.`` keys)."""
         self.compiled_moments = CompiledMoments(self._moments, recompile_limit, backend)
 
-    def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None) -> ModelOutput:
+    def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None, cov_gradient: bool = True) -> ModelOutput:
         """Moments and the portfolio chosen from them.
 
         Parameters
@@ -117,6 +117,10 @@ class XLSTMPortfolio(nn.Module):
             Feature windows (data before the decision date only).
         w_prev : Tensor, shape (B, N), optional
             Weights held before the rebalance (enter the transaction cost); None = equal weights 1/N.
+        cov_gradient : bool
+            False: the portfolio solve sees Sigma as a constant, so a loss on the weights trains mu
+            only (``training.decision_gradient: mu``); the returned moments keep their graph.
+            The weights are the same either way.
 
         Returns
         -------
@@ -133,7 +137,8 @@ class XLSTMPortfolio(nn.Module):
             w_prev = w_prev.to(device=dev, dtype=torch.float64)
         # The solve is float64 and must not be autocast to bf16.
         with torch.autocast(device_type=mu.device.type, enabled=False):
-            moments = [t.to(dev).double() for t in (mu, cov_factor, cov_diag)]
+            solve_cov = (cov_factor, cov_diag) if cov_gradient else (cov_factor.detach(), cov_diag.detach())
+            moments = [t.to(dev).double() for t in (mu, *solve_cov)]
             weights = self.portfolio(*moments, w_prev)  # (B, N)
         check_shape("weights from the portfolio layer", weights, (batch, self.n_assets))
         return ModelOutput(mu, cov_factor, cov_diag, weights)

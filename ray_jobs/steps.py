@@ -108,9 +108,11 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     """
     dev = solve_device(x.device)  # the CPU on MPS (no float64 there)
     w_prev = equal_weights(x.shape[0], cfg.data.num_factors, dev)
+    if cfg.training.input_noise > 0:  # drawn from the seeded torch stream, as dropout is
+        x = x + cfg.training.input_noise * torch.randn_like(x)
     try:
         with autocast(cfg, x.device):
-            out = fwd(x, w_prev)
+            out = fwd(x, w_prev, cov_gradient=cfg.training.decision_gradient == "mu_and_cov")
     except SolverError as exc:
         raise SolverError(f"epoch {epoch}, step {step}: {exc}; {stop_note(run_dir)}") from exc
     mu, cov_factor, cov_diag, r_daily, r_horizon = (

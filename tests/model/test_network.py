@@ -112,3 +112,26 @@ def test_sharpe_gradient_reaches_the_input_projection_through_the_solver():
     # loss_sharpe depends on the model only through the weights, so this gradient crossed the solve.
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 1e-8
     assert model.heads.mu_head.weight.grad.abs().max() > 1e-8
+
+
+def test_without_the_cov_gradient_the_weights_train_mu_only():
+    # training.decision_gradient = mu: same weights; a loss on them reaches the mu head exactly as
+    # before and the covariance heads not at all (they then learn from loss_cov alone).
+    cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
+    torch.manual_seed(3)
+    model = XLSTMPortfolio.from_config(cfg).eval()  # no dropout: both passes compute the same moments
+    x = windows(batch=8, seed=4)
+    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    grads = {}
+    for cov_gradient in (True, False):
+        out = model(x, cov_gradient=cov_gradient)
+        model.zero_grad(set_to_none=True)
+        (out.weights * r_horizon.double()).sum().backward()
+        grads[cov_gradient] = (out.weights.detach(), {n: p.grad for n, p in model.named_parameters()})
+    (w_end, g_end), (w_mu, g_mu) = grads[True], grads[False]
+    assert torch.equal(w_end, w_mu)
+    for head in ("factor_head", "variance_head"):
+        assert g_end[f"heads.{head}.weight"].abs().max() > 1e-8
+        assert g_mu[f"heads.{head}.weight"] is None or not g_mu[f"heads.{head}.weight"].any()
+    torch.testing.assert_close(g_mu["heads.mu_head.weight"], g_end["heads.mu_head.weight"], rtol=1e-6, atol=0)
+    assert g_mu["heads.mu_head.weight"].abs().max() > 1e-8

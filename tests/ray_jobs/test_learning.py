@@ -17,7 +17,7 @@ from data.splits import rebalance_indices
 from core.config import load_config
 from model.losses import compute_losses
 from model.network import XLSTMPortfolio
-from ray_jobs.steps import equal_weights, gradient_scales, make_optimizer, predict_moments, training_step
+from ray_jobs.steps import equal_weights, gradient_scales, make_optimizer, predict_moments, training_step, validate
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "model_config_cpu_smoke.yaml"
 TERMS = ("loss_return", "loss_cov", "loss_sharpe")
@@ -85,3 +85,30 @@ def test_a_short_run_learns_a_positive_return_ic_on_train(setup):
     after = train_ic()
     print(f"train IC before {before:+.4f}, after {after:+.4f}")
     assert after > 0.01 and after > before, (before, after)
+
+
+def test_input_noise_trains_on_noisy_windows_and_validates_on_clean_ones(setup):
+    cfg, prep, source = setup
+    noisy = load_config(SMOKE, ["training.input_noise=0.3"])
+    idx = torch.as_tensor(np.random.default_rng(5).choice(prep.splits.train, cfg.training.batch_size, replace=False))
+    x, r_daily, r_horizon = source.gather(idx)
+
+    def after_one_step(step_cfg, noise_by_hand: float = 0.0):
+        torch.manual_seed(0)
+        model = XLSTMPortfolio.from_config(cfg).train()
+        optimizer, _ = make_optimizer(model, step_cfg)
+        torch.manual_seed(7)  # the noise (if any), then dropout, draw from this stream
+        inputs = x + noise_by_hand * torch.randn_like(x) if noise_by_hand else x
+        training_step(step_cfg, model, optimizer, inputs, r_daily, r_horizon, 1, 1, Path("unused"))
+        return model.state_dict()
+
+    with_noise = after_one_step(noisy)
+    by_hand = after_one_step(cfg, noise_by_hand=0.3)  # reference: a clean step on x + 0.3 z
+    clean = after_one_step(cfg)
+    for name, value in with_noise.items():
+        assert torch.equal(value, by_hand[name]), name
+    assert any(not torch.equal(value, clean[name]) for name, value in with_noise.items())
+    # Validation sees the clean inputs: the noisy config scores a model exactly as the clean one does.
+    torch.manual_seed(0)
+    model = XLSTMPortfolio.from_config(cfg)
+    assert validate(noisy, model, source, prep.splits.val) == validate(cfg, model, source, prep.splits.val)
