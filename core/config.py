@@ -169,6 +169,9 @@ class TrainingConfig:
     """Smallest val_sharpe gain that counts as an improvement."""
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     """cosine decays to lr/10 over max_epochs."""
+    warmup_epochs: int = 0
+    """Linear learning-rate warm-up: epoch e <= warmup_epochs trains at learning_rate x e /
+    (warmup_epochs + 1), then lr_schedule runs over the remaining epochs (docs/quality.md, A16)."""
     steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (null = one pass over the training windows)."""
     batch_dates: Literal["random", "blocks"] = "random"
@@ -413,6 +416,10 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         not tr.compile or tr.device in ("cuda", "cpu"), src, "training.compile", tr.compile,
         f"torch.compile runs on cuda and cpu only, not on {tr.device!r} (inductor's MPS backend is a "
         "prototype in torch 2.13); set training.compile=false",
+    )
+    _check(
+        0 <= tr.warmup_epochs < tr.max_epochs, src, "training.warmup_epochs", tr.warmup_epochs,
+        f"must be >= 0 and below max_epochs = {tr.max_epochs} (at least one epoch at the full rate)",
     )
     _check(
         tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, src, "training.steps_per_epoch",

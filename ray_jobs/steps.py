@@ -51,12 +51,16 @@ def make_optimizer(model: torch.nn.Module, cfg: Config):
     """AdamW at the config's rate; cosine to lr/10 over max_epochs (stepped per epoch) or constant."""
     tr = cfg.training
     optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
+    warm = tr.warmup_epochs
     if tr.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=tr.max_epochs, eta_min=tr.learning_rate / 10
+            optimizer, T_max=tr.max_epochs - warm, eta_min=tr.learning_rate / 10
         )
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warm:  # epochs 1..warm at lr x e / (warm + 1), then the schedule above from the full rate
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warm + 1), total_iters=warm)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, scheduler], milestones=[warm])
     return optimizer, scheduler
 
 

@@ -112,3 +112,38 @@ def test_input_noise_trains_on_noisy_windows_and_validates_on_clean_ones(setup):
     torch.manual_seed(0)
     model = XLSTMPortfolio.from_config(cfg)
     assert validate(noisy, model, source, prep.splits.val) == validate(cfg, model, source, prep.splits.val)
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_warmup_ramps_then_the_cosine_runs_over_the_remaining_epochs(warmup, tmp_path):
+    import io
+    import math
+
+    cfg = load_config(SMOKE, ["training.max_epochs=6", "training.learning_rate=0.001", f"training.warmup_epochs={warmup}"])
+    model = torch.nn.Linear(3, 1)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    lr, span = 1e-3, 6 - warmup
+    expected = [lr * e / (warmup + 1) for e in range(1, warmup + 1)]
+    expected += [lr / 10 + (lr - lr / 10) * (1 + math.cos(math.pi * k / span)) / 2 for k in range(span)]
+    seen = []
+    for epoch in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        if epoch == 2:  # a resume mid-run: the schedule's state survives a weights_only checkpoint
+            buffer = io.BytesIO()
+            torch.save(scheduler.state_dict(), buffer)
+            buffer.seek(0)
+            state = torch.load(buffer, weights_only=True)
+            optimizer_state = optimizer.state_dict()
+            optimizer, scheduler = make_optimizer(model, cfg)
+            optimizer.load_state_dict(optimizer_state)
+            scheduler.load_state_dict(state)
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+
+
+def test_warmup_must_leave_an_epoch_at_the_full_rate():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.warmup_epochs"):
+        load_config(SMOKE, ["training.max_epochs=3", "training.warmup_epochs=3"])
