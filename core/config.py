@@ -168,7 +168,7 @@ class TrainingConfig:
     min_delta: float = 0.0
     """Smallest val_sharpe gain that counts as an improvement."""
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    """cosine decays to lr/10 over max_epochs."""
+    """cosine decays to lr/10 over max_epochs (over the epochs after warmup_epochs, if any)."""
     warmup_epochs: int = 0
     """Linear learning-rate warm-up: epoch e <= warmup_epochs trains at learning_rate x e /
     (warmup_epochs + 1), then lr_schedule runs over the remaining epochs (docs/quality.md, A16)."""

@@ -48,7 +48,8 @@ class EpochStats:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config):
-    """AdamW at the config's rate; cosine to lr/10 over max_epochs (stepped per epoch) or constant."""
+    """AdamW at the config's rate; an optional linear warm-up, then cosine to lr/10 over the
+    remaining epochs (stepped per epoch) or constant."""
     tr = cfg.training
     optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
     warm = tr.warmup_epochs
@@ -161,7 +162,7 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
         idx = torch.as_tensor(rng.choice(indices, size=min(tr.batch_size, len(indices)), replace=False))
         x, r_daily, r_horizon = source.gather(idx.to(source.features.device))
         w_prev = equal_weights(x.shape[0], n, dev)
-        out = model(x, w_prev)
+        out = model(x, w_prev, cov_gradient=tr.decision_gradient == "mu_and_cov")  # the gradient training takes
         terms = compute_losses(out.mu.to(dev), out.cov_factor.to(dev), out.cov_diag.to(dev), out.weights, w_prev,
                                r_horizon.to(dev), r_daily.to(dev), tr, cfg.portfolio.tc_rate, cfg.data.prediction_horizon)
         live = [k for k, w in weights.items() if w != 0.0]

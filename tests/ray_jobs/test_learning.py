@@ -5,6 +5,8 @@ The quality numbers themselves come from ``python -m benchmarks.quality`` (docs/
 from tests.
 """
 
+import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +117,7 @@ def test_input_noise_trains_on_noisy_windows_and_validates_on_clean_ones(setup):
 
 
 @pytest.mark.parametrize("warmup", [0, 2])
-def test_warmup_ramps_then_the_cosine_runs_over_the_remaining_epochs(warmup, tmp_path):
-    import io
-    import math
-
+def test_warmup_ramps_then_the_cosine_runs_over_the_remaining_epochs(warmup):
     cfg = load_config(SMOKE, ["training.max_epochs=6", "training.learning_rate=0.001", f"training.warmup_epochs={warmup}"])
     model = torch.nn.Linear(3, 1)
     optimizer, scheduler = make_optimizer(model, cfg)
@@ -147,3 +146,19 @@ def test_warmup_must_leave_an_epoch_at_the_full_rate():
 
     with pytest.raises(ConfigError, match="training.warmup_epochs"):
         load_config(SMOKE, ["training.max_epochs=3", "training.warmup_epochs=3"])
+
+
+def test_the_loss_scales_are_measured_on_the_gradient_training_takes(setup):
+    # decision_gradient = mu: the Sharpe term reaches the model through mu only, so its starting
+    # gradient is smaller and its scale larger; the return and covariance terms do not go through
+    # the solve, so their scales are exactly the same.
+    cfg, prep, source = setup
+    mu_only = load_config(SMOKE, ["training.decision_gradient=mu"])
+    scales = {}
+    for name, c in (("end_to_end", cfg), ("mu_only", mu_only)):
+        torch.manual_seed(0)
+        model = XLSTMPortfolio.from_config(cfg)
+        scales[name] = gradient_scales(c, model, source, prep.splits.train, seed=0)
+    assert scales["mu_only"]["loss_sharpe"] > scales["end_to_end"]["loss_sharpe"], scales  # 0.6 % here
+    for key in ("loss_return", "loss_cov"):
+        assert scales["mu_only"][key] == scales["end_to_end"][key], (key, scales)
