@@ -37,6 +37,24 @@ def val_ic(cfg, model, source, split: np.ndarray) -> float:
     return mean_ic(mu.numpy(), source.horizon_returns[torch.as_tensor(np.array(idx))].numpy())
 
 
+@torch.no_grad()
+def skip_parts(cfg, model, source, split: np.ndarray) -> dict:
+    """With ``model.heads.feature_skip``: its weights, and the val IC of mu's two parts, the
+    skip's linear rule and the deep model's remainder (mu = deep + skip)."""
+    from benchmarks.quality import mean_ic
+    from data.splits import rebalance_indices
+    from ray_jobs.steps import predict_moments
+
+    idx = rebalance_indices(split, cfg.data.prediction_horizon)
+    model.eval()
+    mu, _, _ = predict_moments(cfg, model, source, idx)
+    x, _, r_horizon = source.gather(torch.as_tensor(np.array(idx)))
+    skip = model.feature_skip(x[:, -1])
+    r = r_horizon.numpy()
+    return {"skip_weight": [round(float(v), 4) for v in model.feature_skip.weight],
+            "val_ic_skip": mean_ic(skip.numpy(), r), "val_ic_deep": mean_ic((mu - skip).numpy(), r)}
+
+
 def run(args) -> list[dict]:
     from data import prepare
     from data.splits import block_dates, block_starts
@@ -89,6 +107,8 @@ def run(args) -> list[dict]:
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
                "val_loss": val["val_loss"], "val_ic": val_ic(cfg, model, source, prep.splits.val),
                "seconds": time.perf_counter() - start}
+        if model.feature_skip is not None:
+            row.update(skip_parts(cfg, model, source, prep.splits.val))
         for d, avg in averages.items():
             v = validate(cfg, avg.module, source, prep.splits.val, scales=scales)
             row[f"val_sharpe_ema{d}"] = v["val_sharpe_ratio"]

@@ -63,6 +63,11 @@ class HeadsConfig:
     """Rank k of the factor covariance Sigma = B B^T + diag(d)."""
     min_variance: float = 1e-6
     """Floor added to the idiosyncratic variances d (horizon-return units), keeps Sigma PD."""
+    feature_skip: bool = False
+    """True: mu adds a linear function, shared by the factors, of each factor's features on the
+    decision date (the linear probe's inputs), in units of the horizon volatility and starting at
+    zero: a path of num_features + 1 parameters that can learn the pooled linear rule but cannot memorise
+    (docs/quality.md, A17)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,11 @@ class TrainingConfig:
     """What the losses on the portfolio weights (Sharpe, costs) train through the solve:
     mu_and_cov, both moments (end to end); mu, the expected returns only, Sigma then being trained
     by its own loss (beta_cov) alone (docs/quality.md, A15)."""
+    return_loss: Literal["raw", "cross_section"] = "raw"
+    """What loss_return compares: raw, mu with the realised horizon returns; cross_section, both
+    less their mean over the factors on each date.  The portfolio's budget makes the weights blind
+    to a shift of mu common to all factors, and the date's common move is what a model can only
+    fit by recognising the date (docs/quality.md, A18)."""
     input_noise: float = 0.0
     """Standard deviation of Gaussian noise added to the normalised input features of every
     training window at every step (0 = none); validation, backtests and prediction see the clean

@@ -142,3 +142,29 @@ class FactorHeads(MomentHeads):
             cov_factor = self.factor_scale * self.factor_head(h)  # (B, N, k)
             cov_diag = self.variance_scale * F.softplus(self.variance_head(h).squeeze(-1)) + self.min_variance
         return mu, cov_factor, cov_diag
+
+
+class FeatureSkip(nn.Module):
+    """A linear path from each factor's features on the decision date to its expected return.
+
+    ``mu_skip[b, i] = vol_h * (x_t[b, i] . w + c)``, one (w, c) shared by all factors: the pooled
+    linear rule of the probe (docs/data.md), learnt with the model.  It has ``n_features + 1``
+    parameters, so it can fit the rule that holds across factors and dates but cannot memorise
+    the training span; its output is in units of the horizon volatility ``vol_h`` (not the return
+    head's 0.1 ``vol_h``), so a coefficient of the probe's order (~0.03 per standardised feature)
+    is a few hundred Adam steps away at lr 1e-4.  Starts at zero: the model's first outputs are the
+    model's without it (``model.heads.feature_skip``).
+    """
+
+    def __init__(self, n_features: int, scale: float):
+        super().__init__()
+        self.scale = float(scale)
+        # Zeros, not nn.Linear's random init: building it draws nothing from the RNG stream.
+        self.weight = nn.Parameter(torch.zeros(n_features))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+        """x_t (B, N, F) -> (B, N) float32, added to mu."""
+        check_shape("features on the decision date", x_t, (None, None, self.weight.shape[0]))
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            return self.scale * (x_t.float() @ self.weight + self.bias)

@@ -4,6 +4,8 @@ All inputs are horizon simple returns in decimal units (0.01 = 1 %) over days t+
 decision at t; see docs/model.md for the derivations.  With B the batch and N the factors:
 
 * ``loss_return`` = mean over (b, i) of (100 * (mu[b,i] - r[b,i]))**2: MSE in percent**2.
+  With ``training.return_loss: cross_section``, of (100 * (e[b,i] - mean_j e[b,j]))**2 with
+  e = mu - r: the date's common move is left out.
   A 5-day factor return has a vol of ~1.4 %, so predicting 0 scores ~2.
 * ``loss_cov`` = mean over b of  NLL_b / N,  with NLL_b the Gaussian negative log-likelihood of
   100 * r[b] under N(100 * mu[b], 1e4 * Sigma[b]) (percent units),
@@ -46,9 +48,15 @@ def term_weights(train_cfg: TrainingConfig) -> dict[str, float]:
             "loss_sharpe": train_cfg.gamma_sharpe, "loss_tc": train_cfg.lambda_tc}
 
 
-def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of predicted vs realised horizon returns in percent**2; (B, N) -> ()."""
-    return (PERCENT * (mu - r_horizon)).square().mean()
+def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, cross_section: bool = False) -> torch.Tensor:
+    """Mean squared error of predicted vs realised horizon returns in percent**2; (B, N) -> ().
+
+    ``cross_section``: the error less its mean over the factors of each date, i.e. the MSE of
+    the demeaned mu against the demeaned returns (``training.return_loss: cross_section``)."""
+    err = mu - r_horizon  # (B, N)
+    if cross_section:
+        err = err - err.mean(dim=-1, keepdim=True)
+    return (PERCENT * err).square().mean()
 
 
 def gaussian_nll(
@@ -176,7 +184,7 @@ def compute_losses(
     mu, cov_factor, cov_diag = mu.to(f64), cov_factor.to(f64), cov_diag.to(f64)
     weights, w_prev, r_horizon = weights.to(f64), w_prev.to(f64), r_horizon.to(f64)
     terms = {
-        "loss_return": return_mse(mu, r_horizon),
+        "loss_return": return_mse(mu, r_horizon, cross_section=train_cfg.return_loss == "cross_section"),
         "loss_cov": gaussian_nll(mu, cov_factor, cov_diag, r_horizon),
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),
         "loss_tc": tc_rate * turnover(weights, w_prev),

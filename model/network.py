@@ -20,7 +20,7 @@ from torch import nn
 from core.config import Config
 from model.compiled import RECOMPILE_LIMIT, CompiledMoments
 from model.encoder import XLSTMEncoder
-from model.heads import FactorHeads, MomentHeads, check_shape
+from model.heads import FactorHeads, FeatureSkip, MomentHeads, check_shape, horizon_vol
 from model.spec import ModelSpec
 from portfolio.layer import PortfolioLayer
 
@@ -75,6 +75,9 @@ class XLSTMPortfolio(nn.Module):
             horizon=spec.prediction_horizon,
         )
         self.portfolio = PortfolioLayer(self.n_assets, self.cov_rank, spec.portfolio)
+        self.feature_skip: FeatureSkip | None = None
+        if spec.heads.feature_skip:  # built last and from zeros: the other parameters and the RNG stream are unchanged
+            self.feature_skip = FeatureSkip(spec.num_features, horizon_vol(spec.prediction_horizon))
         self.compiled_moments: CompiledMoments | None = None
         """Set by :meth:`compile_moments`; None = eager."""
         self.to(device)
@@ -101,7 +104,10 @@ class XLSTMPortfolio(nn.Module):
 
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, N, H) factorwise, (B, H) panel
-        return self.heads(h)
+        mu, cov_factor, cov_diag = self.heads(h)
+        if self.feature_skip is not None:
+            mu = mu + self.feature_skip(x[:, -1])  # features on the decision date (B, N, F)
+        return mu, cov_factor, cov_diag
 
     def compile_moments(self, recompile_limit: int = RECOMPILE_LIMIT, backend: str = "inductor") -> None:
         """torch.compile the encoder + heads (one graph, :mod:`model.compiled`); the portfolio

@@ -129,3 +129,28 @@ def test_scales_multiply_each_term_inside_the_total_only():
     expected = (TRAIN.alpha_return * 2.0 * float(raw["loss_return"]) + TRAIN.beta_cov * 0.25 * float(raw["loss_cov"])
                 + TRAIN.gamma_sharpe * 0.01 * float(raw["loss_sharpe"]) + TRAIN.lambda_tc * 3.0 * float(raw["loss_tc"]))
     assert float(scaled["loss"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cross_section_return_loss_leaves_out_each_dates_common_move():
+    # training.return_loss = cross_section: the MSE of the demeaned mu against the demeaned
+    # returns (pandas reference), blind to a shift common to all factors on a date, which moves the
+    # raw MSE; the other terms are those of the raw config.
+    import dataclasses
+
+    import pandas as pd
+
+    t = inputs(3)
+    xs = dataclasses.replace(TRAIN, return_loss="cross_section")
+    args = [t["mu"], t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"]]
+    got = compute_losses(*args, xs, TC_RATE, HORIZON)
+    mu = pd.DataFrame(t["mu"].double().numpy())
+    r = pd.DataFrame(t["r_horizon"].double().numpy())
+    demeaned = (mu.sub(mu.mean(axis=1), axis=0) - r.sub(r.mean(axis=1), axis=0)) * 100
+    assert float(got["loss_return"]) == pytest.approx(float((demeaned**2).to_numpy().mean()), rel=1e-12)
+    raw = losses(t)
+    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
+        assert float(got[key]) == float(raw[key])
+    shift = torch.tensor(np.random.default_rng(4).normal(0, 1e-2, (B, 1)), dtype=torch.float64)
+    shifted = compute_losses(t["mu"].double() + shift, *args[1:], xs, TC_RATE, HORIZON)
+    assert float(shifted["loss_return"]) == pytest.approx(float(got["loss_return"]), rel=1e-12)
+    assert float(losses(t, mu=t["mu"].double() + shift)["loss_return"]) > 1.1 * float(raw["loss_return"])

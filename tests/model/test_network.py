@@ -28,6 +28,17 @@ def windows(batch: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, LOOKBACK, N_FACTORS, N_FEATURES, generator=torch.Generator().manual_seed(seed))
 
 
+def batch_losses(model, cfg) -> dict:
+    """The loss terms of one forward pass on 8 fixed windows with 1.4 %-vol returns, from 1/N."""
+    x = windows(batch=8, seed=4)
+    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    out = model(x)
+    w_prev = torch.full((8, N_FACTORS), 1 / N_FACTORS, dtype=torch.float64)
+    return compute_losses(
+        out.mu, out.cov_factor, out.cov_diag, out.weights, w_prev, r_horizon, None, cfg.training, 0.0, 5
+    )
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_heads_covariance_is_positive_definite(scale):
     torch.manual_seed(0)
@@ -99,13 +110,7 @@ def test_sharpe_gradient_reaches_the_input_projection_through_the_solver():
     cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
     torch.manual_seed(3)
     model = XLSTMPortfolio.from_config(cfg)
-    x = windows(batch=8, seed=4)
-    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
-    out = model(x)
-    w_prev = torch.full((8, N_FACTORS), 1 / N_FACTORS, dtype=torch.float64)
-    losses = compute_losses(
-        out.mu, out.cov_factor, out.cov_diag, out.weights, w_prev, r_horizon, None, cfg.training, 0.0, 5
-    )
+    losses = batch_losses(model, cfg)
     model.zero_grad(set_to_none=True)
     losses["loss_sharpe"].backward()
     grad = model.encoder.input_proj.weight.grad
@@ -135,3 +140,52 @@ def test_without_the_cov_gradient_the_weights_train_mu_only():
         assert g_mu[f"heads.{head}.weight"] is None or not g_mu[f"heads.{head}.weight"].any()
     torch.testing.assert_close(g_mu["heads.mu_head.weight"], g_end["heads.mu_head.weight"], rtol=1e-6, atol=0)
     assert g_mu["heads.mu_head.weight"].abs().max() > 1e-8
+
+
+def test_feature_skip_starts_at_zero_and_adds_the_pooled_linear_rule():
+    # model.heads.feature_skip: built from zeros and last, so the model's parameters and first
+    # outputs are those of the model without it; once trained, mu gains vol_h (x_t . w + c) with
+    # x_t the features on the decision date (the window's last day) only.
+    plain_cfg, skip_cfg = small_config(), small_config("model.heads.feature_skip=true")
+    torch.manual_seed(3)
+    plain = XLSTMPortfolio.from_config(plain_cfg).eval()
+    after_plain = torch.rand(1)
+    torch.manual_seed(3)
+    skip = XLSTMPortfolio.from_config(skip_cfg).eval()
+    assert torch.equal(torch.rand(1), after_plain)  # building the skip drew nothing from the RNG
+    assert plain.feature_skip is None and sum(p.numel() for p in skip.feature_skip.parameters()) == N_FEATURES + 1
+    plain_state = plain.state_dict()
+    assert all(torch.equal(v, skip.state_dict()[k]) for k, v in plain_state.items())
+    x = windows(batch=6, seed=7)
+    with torch.no_grad():
+        for got, want in zip(skip.predict_moments(x), plain.predict_moments(x)):
+            assert torch.equal(got, want)
+        w = torch.randn(N_FEATURES, generator=torch.Generator().manual_seed(8))
+        skip.feature_skip.weight.copy_(w)
+        skip.feature_skip.bias.fill_(-0.3)
+        mu_skip, cov_f, cov_d = skip.predict_moments(x)
+        mu_plain, cov_f0, cov_d0 = plain.predict_moments(x)
+    ref = horizon_vol(skip_cfg.data.prediction_horizon) * (x[:, -1].double().numpy() @ w.double().numpy() - 0.3)
+    torch.testing.assert_close((mu_skip - mu_plain).double(), torch.from_numpy(ref), rtol=1e-5, atol=5e-8)  # float32 round-off of outputs ~0.04
+    assert torch.equal(cov_f, cov_f0) and torch.equal(cov_d, cov_d0)  # the covariance is untouched
+    # Only the decision date enters the skip: earlier days change the encoder's part alone.
+    x_past = x.clone()
+    x_past[:, :-1] += 1.0
+    with torch.no_grad():
+        delta_past = skip.predict_moments(x_past)[0] - plain.predict_moments(x_past)[0]
+    torch.testing.assert_close(delta_past, mu_skip - mu_plain, rtol=1e-5, atol=5e-8)  # float32 round-off of outputs ~0.04
+
+
+def test_feature_skip_learns_from_the_return_loss_and_round_trips_a_checkpoint(tmp_path):
+    cfg = small_config("model.heads.feature_skip=true")
+    torch.manual_seed(3)
+    model = XLSTMPortfolio.from_config(cfg)
+    losses = batch_losses(model, cfg)
+    losses["loss_return"].backward()
+    assert model.feature_skip.weight.grad.abs().max() > 1e-8 and model.feature_skip.bias.grad.abs() > 0
+    path = tmp_path / "skip.pt"
+    torch.save(model.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert {"feature_skip.weight", "feature_skip.bias"} <= set(state)
+    with pytest.raises(RuntimeError, match="feature_skip"):  # a plain model refuses the skip's weights
+        XLSTMPortfolio.from_config(small_config()).load_state_dict(state)

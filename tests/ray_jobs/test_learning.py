@@ -162,3 +162,21 @@ def test_the_loss_scales_are_measured_on_the_gradient_training_takes(setup):
     assert scales["mu_only"]["loss_sharpe"] > scales["end_to_end"]["loss_sharpe"], scales  # 0.6 % here
     for key in ("loss_return", "loss_cov"):
         assert scales["mu_only"][key] == scales["end_to_end"][key], (key, scales)
+
+
+def test_the_feature_skip_leaves_the_loss_scales_as_they_were(setup):
+    # model.heads.feature_skip starts at zero and the calibration measures the deep model's
+    # gradients, so the scales are exactly those of the model without it.
+    cfg, prep, source = setup
+    skip_cfg = load_config(SMOKE, ["model.heads.feature_skip=true"])
+    scales, models = {}, {}
+    for name, c in (("plain", cfg), ("skip", skip_cfg)):
+        torch.manual_seed(0)
+        models[name] = XLSTMPortfolio.from_config(c)
+        scales[name] = gradient_scales(c, models[name], source, prep.splits.train, seed=0)
+    assert scales["skip"] == scales["plain"]
+    # Without the exclusion the skip's gradient would rescale the return term (it dominates it).
+    full = term_gradient_norms(skip_cfg, models["skip"], source, prep.splits.train[:32])
+    models["skip"].feature_skip.requires_grad_(False)
+    deep = term_gradient_norms(skip_cfg, models["skip"], source, prep.splits.train[:32])
+    assert full["loss_return"] > 1.2 * deep["loss_return"], (full, deep)
