@@ -151,8 +151,9 @@ class FeatureSkip(nn.Module):
     linear rule of the probe (docs/data.md), learnt with the model.  It has ``n_features + 1``
     parameters, so it can fit the rule that holds across factors and dates but cannot memorise
     the training span; its output is in units of the horizon volatility ``vol_h`` (not the return
-    head's 0.1 ``vol_h``), so a coefficient of the probe's order (~0.03 per standardised feature)
-    is a few hundred Adam steps away at lr 1e-4.  Starts at zero: the model's first outputs are the
+    head's 0.1 ``vol_h``), so a coefficient of the probe's order (~0.01-0.03 per standardised
+    feature) is within a few hundred Adam steps of lr 1e-4 (measured on mac_test: ~0.002 after 134
+    steps, the steps' signs being noisy; docs/quality.md, A17).  Starts at zero: the model's first outputs are the
     model's without it (``model.heads.feature_skip``).
     """
 
