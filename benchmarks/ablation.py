@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from core.config import load_config
+from core.errors import ConfigError
 from core.cli import CliParser, run_cli
 
 
@@ -69,6 +70,14 @@ def run(args) -> list[dict]:
     source = prep.window_source("cpu")
     seed_everything(args.seed)
     model = XLSTMPortfolio.from_config(cfg, "cpu")
+    if args.skip_init == "probe":
+        if model.feature_skip is None:
+            raise ConfigError("--skip-init probe needs model.heads.feature_skip=true.")
+        from data.oracle import probe_coefficients
+        from data.windows import horizon_returns
+
+        beta = probe_coefficients(prep, horizon_returns(prep.panel.returns, cfg.data.prediction_horizon))
+        model.feature_skip.load_rule(beta[0], beta[1:])
     optimizer, scheduler = make_optimizer(model, cfg)
     train = prep.splits.train
     scales = gradient_scales(cfg, model, source, train, seed=args.seed) if tr.loss_scaling == "gradient" else None
@@ -131,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
                    help="also validate an exponential moving average of the weights with this per-step decay "
                         "(repeatable; training is unchanged)")
+    p.add_argument("--skip-init", choices=["zeros", "probe"], default="zeros",
+                   help="with model.heads.feature_skip: start the path at zeros or at the probe's ridge fit "
+                        "on the train split (after the model is built: the RNG stream is unchanged)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     return run_cli(lambda: run(args))

@@ -94,15 +94,21 @@ def run_policy(
     return score_weights(idx, weights, prevs, r_horizon[idx], tc_rate, horizon)
 
 
-def probe_means(prep, r_horizon: np.ndarray) -> np.ndarray:
-    """The probe's expected horizon returns at every date, (T, N): a pooled ridge (penalty 1) of the
-    horizon return on the normalised features at t, fitted on the train split only."""
-    x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
-    train = prep.splits.train
-    xt = x[train].reshape(-1, x.shape[-1])  # (n_train * N, F)
-    yt = r_horizon[train].reshape(-1)  # (n_train * N,)
+def probe_coefficients(prep, r_horizon: np.ndarray) -> np.ndarray:
+    """The probe's pooled ridge (penalty 1) of the horizon return on the normalised features at t,
+    fitted on the train split only: ``[intercept, coef_1 .. coef_F]``, float64 (F + 1,)."""
+    x = prep.normalizer.transform(prep.panel.features[prep.splits.train]).astype(np.float64)  # (n_train, N, F)
+    xt = x.reshape(-1, x.shape[-1])  # (n_train * N, F)
+    yt = r_horizon[prep.splits.train].reshape(-1)  # (n_train * N,)
     xt1 = np.column_stack([np.ones(len(xt)), xt])
-    beta = np.linalg.solve(xt1.T @ xt1 + 1.0 * np.eye(xt1.shape[1]), xt1.T @ yt)  # (F + 1,)
+    return np.linalg.solve(xt1.T @ xt1 + 1.0 * np.eye(xt1.shape[1]), xt1.T @ yt)
+
+
+def probe_means(prep, r_horizon: np.ndarray) -> np.ndarray:
+    """The probe's expected horizon returns at every date, (T, N): :func:`probe_coefficients`
+    applied to the normalised features at t."""
+    beta = probe_coefficients(prep, r_horizon)
+    x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
     return beta[0] + x @ beta[1:]  # (T, N)
 
 

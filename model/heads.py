@@ -164,6 +164,15 @@ class FeatureSkip(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_features))
         self.bias = nn.Parameter(torch.zeros(()))
 
+    @torch.no_grad()
+    def load_rule(self, intercept: float, coef) -> None:
+        """Set the path to the linear rule ``mu = intercept + x_t . coef`` (returns, not vol_h units),
+        e.g. the probe's ridge on the train split (``data.oracle.probe_coefficients``)."""
+        coef = torch.as_tensor(coef, dtype=self.weight.dtype)
+        check_shape("feature-skip coefficients", coef, tuple(self.weight.shape))
+        self.weight.copy_(coef / self.scale)
+        self.bias.fill_(float(intercept) / self.scale)
+
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
         """x_t (B, N, F) -> (B, N) float32, added to mu."""
         check_shape("features on the decision date", x_t, (None, None, self.weight.shape[0]))
