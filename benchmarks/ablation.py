@@ -27,33 +27,31 @@ from core.errors import ConfigError
 from core.cli import CliParser, run_cli
 
 
-def val_ic(cfg, model, source, split: np.ndarray) -> float:
-    """Mean over val rebalance dates of the rank correlation of mu with the realised returns."""
-    from benchmarks.quality import mean_ic
+def val_mu(cfg, model, source, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the split's rebalance indices (K,), the model's mu there (K, N))."""
     from data.splits import rebalance_indices
     from ray_jobs.steps import predict_moments
 
-    idx = rebalance_indices(split, cfg.data.prediction_horizon)
+    idx = np.asarray(rebalance_indices(split, cfg.data.prediction_horizon))
     mu, _, _ = predict_moments(cfg, model, source, idx)
-    return mean_ic(mu.numpy(), source.horizon_returns[torch.as_tensor(np.array(idx))].numpy())
+    return idx, mu.numpy()
+
+
+def val_ic(source, idx: np.ndarray, mu: np.ndarray) -> float:
+    """Mean over the rebalance dates ``idx`` of the rank correlation of mu with the realised returns."""
+    from benchmarks.quality import mean_ic
+
+    return mean_ic(mu, source.horizon_returns[torch.as_tensor(idx)].numpy())
 
 
 @torch.no_grad()
-def skip_parts(cfg, model, source, split: np.ndarray) -> dict:
+def skip_parts(model, source, idx: np.ndarray, mu: np.ndarray) -> dict:
     """With ``model.heads.feature_skip``: its weights, and the val IC of mu's two parts, the
     skip's linear rule and the deep model's remainder (mu = deep + skip)."""
-    from benchmarks.quality import mean_ic
-    from data.splits import rebalance_indices
-    from ray_jobs.steps import predict_moments
-
-    idx = rebalance_indices(split, cfg.data.prediction_horizon)
-    model.eval()
-    mu, _, _ = predict_moments(cfg, model, source, idx)
-    x, _, r_horizon = source.gather(torch.as_tensor(np.array(idx)))
-    skip = model.feature_skip(x[:, -1])
-    r = r_horizon.numpy()
+    x, _, _ = source.gather(torch.as_tensor(idx))
+    skip = model.feature_skip(x[:, -1]).numpy()
     return {"skip_weight": [round(float(v), 4) for v in model.feature_skip.weight],
-            "val_ic_skip": mean_ic(skip.numpy(), r), "val_ic_deep": mean_ic((mu - skip).numpy(), r)}
+            "val_ic_skip": val_ic(source, idx, skip), "val_ic_deep": val_ic(source, idx, mu - skip)}
 
 
 def run(args) -> list[dict]:
@@ -109,20 +107,21 @@ def run(args) -> list[dict]:
                 avg.update_parameters(model)
         scheduler.step()
         val = validate(cfg, model, source, prep.splits.val, scales=scales)
+        idx, mu = val_mu(cfg, model, source, prep.splits.val)
         row = {"epoch": epoch, "grad_median": float(np.median(norms)),
                "loss_return": float(np.mean([t["loss_return"] for t in terms])),
                "loss_cov": float(np.mean([t["loss_cov"] for t in terms])),
                "train_batch_sharpe": -float(np.mean([t["loss_sharpe"] for t in terms])),
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
-               "val_loss": val["val_loss"], "val_ic": val_ic(cfg, model, source, prep.splits.val),
+               "val_loss": val["val_loss"], "val_ic": val_ic(source, idx, mu),
                "seconds": time.perf_counter() - start}
         if model.feature_skip is not None:
-            row.update(skip_parts(cfg, model, source, prep.splits.val))
+            row.update(skip_parts(model, source, idx, mu))
         for d, avg in averages.items():
             v = validate(cfg, avg.module, source, prep.splits.val, scales=scales)
             row[f"val_sharpe_ema{d}"] = v["val_sharpe_ratio"]
             row[f"val_turnover_ema{d}"] = v["val_turnover"]
-            row[f"val_ic_ema{d}"] = val_ic(cfg, avg.module, source, prep.splits.val)
+            row[f"val_ic_ema{d}"] = val_ic(source, *val_mu(cfg, avg.module, source, prep.splits.val))
         rows.append(row)
         print(json.dumps({"tag": args.tag, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}),
               flush=True)

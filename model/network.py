@@ -87,6 +87,15 @@ class XLSTMPortfolio(nn.Module):
         """The model of a run config (its model, data-shape, portfolio and precision slice)."""
         return cls(ModelSpec.of(cfg), device)
 
+    def calibrated_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters whose gradients set the loss scales
+        (``ray_jobs.steps.gradient_scales``): the deep model's, not the ``feature_skip`` path's.
+        Its few parameters (output unit 10x the return head's) would otherwise dominate the return
+        term's norm and rescale every term; it starts at zero, so with it the scales are exactly
+        those of the model without it."""
+        skip = set() if self.feature_skip is None else {id(p) for p in self.feature_skip.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
+
     def predict_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moments without the portfolio solve.
 

@@ -149,16 +149,13 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
     Sharpe term alone would drive training.  Measured once, on ``batches`` training batches drawn
     with ``seed``, in train mode; fixed for the run (stored in checkpoints).  A term with weight 0
     keeps the scale 1; a weighted term whose gradient vanishes at the start raises TrainingError
-    (scaling it by 1 / ~0 would blow it up as soon as it moves).  The norms leave out the
-    ``feature_skip`` path (see below).
+    (scaling it by 1 / ~0 would blow it up as soon as it moves).  The norms are taken over
+    ``model.calibrated_parameters()`` (the ``feature_skip`` path is left out).
     """
     rng = np.random.default_rng(seed)
     tr, n = cfg.training, cfg.data.num_factors
     weights = term_weights(tr)
-    # The deep model's gradients: model.heads.feature_skip's few parameters (output unit 10x the
-    # return head's) would otherwise dominate the return term's norm and rescale every term; it
-    # starts at zero, so with it the scales are exactly those of the model without it.
-    params = [p for name, p in model.named_parameters() if p.requires_grad and "feature_skip." not in name]
+    params = model.calibrated_parameters()  # the deep model's, not the feature_skip path's
     norms: dict[str, list[float]] = {k: [] for k in weights}
     model.train()
     dev = solve_device(source.features.device)

@@ -129,3 +129,29 @@ def test_oracle_beats_equal_weight_on_every_split():
     for split, row in table.items():
         assert row["oracle"].sharpe > 1.5, split
         assert row["oracle"].sharpe > row["equal"].sharpe + 1.0, split
+
+
+def test_probe_coefficients_are_the_train_split_ridge():
+    # The probe's rule (and the feature-skip's start with --skip-init probe): a ridge of the horizon
+    # return on [1, features at t] over the train split, penalty 1 on every coefficient. Reference:
+    # scikit-learn's Ridge on the same design, built from the raw panel.
+    from sklearn.linear_model import Ridge
+
+    from data.oracle import probe_coefficients, probe_means
+
+    prep = prepare(load_config(SMOKE))
+    h = prep.data_cfg.prediction_horizon
+    r_h = horizon_returns(prep.panel.returns, h)
+    train = prep.splits.train
+    feats = prep.panel.features[train].astype(np.float64)  # (n_train, N, F)
+    mean, std = prep.normalizer.mean, prep.normalizer.std
+    z = ((feats - mean) / std).reshape(-1, feats.shape[-1])
+    design = np.column_stack([np.ones(len(z)), z])
+    ref = Ridge(alpha=1.0, fit_intercept=False, solver="cholesky").fit(design, r_h[train].reshape(-1)).coef_
+    beta = probe_coefficients(prep, r_h)
+    assert beta.shape == (1 + feats.shape[-1],)
+    np.testing.assert_allclose(beta, ref, rtol=1e-4, atol=1e-9)  # float32 features in both; solve round-off
+    assert np.abs(beta[1:]).max() > 1e-4  # the planted signal: the rule is not zero
+    t = int(prep.splits.test[0])
+    x_t = ((prep.panel.features[t] - mean) / std).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(probe_means(prep, r_h)[t], beta[0] + x_t @ beta[1:], rtol=1e-6, atol=1e-12)

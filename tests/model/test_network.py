@@ -189,3 +189,28 @@ def test_feature_skip_learns_from_the_return_loss_and_round_trips_a_checkpoint(t
     assert {"feature_skip.weight", "feature_skip.bias"} <= set(state)
     with pytest.raises(RuntimeError, match="feature_skip"):  # a plain model refuses the skip's weights
         XLSTMPortfolio.from_config(small_config()).load_state_dict(state)
+
+
+def test_feature_skip_load_rule_and_the_calibrated_parameters():
+    # load_rule sets the path to mu = c + x_t . coef in return units (the probe's ridge, for
+    # benchmarks.ablation --skip-init probe); the loss scales are measured on the deep model's
+    # parameters only, the same list as the model without the skip.
+    cfg = small_config("model.heads.feature_skip=true")
+    torch.manual_seed(3)
+    model = XLSTMPortfolio.from_config(cfg).eval()
+    coef = torch.linspace(-0.02, 0.03, N_FEATURES, dtype=torch.float64)
+    model.feature_skip.load_rule(0.001, coef)
+    x = windows(batch=6, seed=9)
+    with torch.no_grad():
+        got = model.feature_skip(x[:, -1]).double()
+    ref = 0.001 + x[:, -1].double().numpy() @ coef.numpy()
+    torch.testing.assert_close(got, torch.from_numpy(ref), rtol=1e-5, atol=1e-8)
+    with pytest.raises(ShapeError, match="feature-skip coefficients"):
+        model.feature_skip.load_rule(0.0, torch.zeros(N_FEATURES + 1))
+    torch.manual_seed(3)
+    plain = XLSTMPortfolio.from_config(small_config())
+    calibrated = model.calibrated_parameters()
+    assert [p.shape for p in calibrated] == [p.shape for p in plain.calibrated_parameters()]
+    skip_ids = {id(p) for p in model.feature_skip.parameters()}
+    assert not skip_ids & {id(p) for p in calibrated}
+    assert len(calibrated) + 2 == len([p for p in model.parameters() if p.requires_grad])
