@@ -50,6 +50,10 @@ class EncoderConfig:
     patch_days: int = 5
     """factorwise: days per input token (the stack runs over lookback_days / patch_days tokens per
     factor); must divide data.lookback_days."""
+    market_context: bool = True
+    """factorwise: mix the market context (the mean over factors of their summaries, projected) into
+    every factor's summary; false: each factor's moments come from its own series only (a study
+    option, docs/quality.md A20)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of storing them (less memory,
     about a third more compute); for the full-size model on a shared GPU."""
@@ -386,6 +390,10 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(
         enc.layout != "factorwise" or data.lookback_days % enc.patch_days == 0, src, "model.encoder.patch_days",
         enc.patch_days, f"must divide data.lookback_days = {data.lookback_days} (whole patches per window)",
+    )
+    _check(
+        enc.layout == "factorwise" or enc.market_context, src, "model.encoder.market_context", enc.market_context,
+        "applies to layout: factorwise only (the panel layout has no per-factor summaries); drop it or set it true",
     )
     _check(cfg.model.heads.cov_rank >= 1, src, "model.heads.cov_rank", cfg.model.heads.cov_rank, "must be >= 1")
     _check(cfg.model.heads.min_variance > 0, src, "model.heads.min_variance", cfg.model.heads.min_variance, "must be > 0")

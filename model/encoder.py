@@ -166,7 +166,9 @@ class XLSTMEncoder(nn.Module):
             # One token = one factor's features over patch_days days; the stack is shared by factors.
             self.input_proj = nn.Linear(self.patch_days * self.n_features, enc.hidden_dim)
             context = self.lookback // self.patch_days
-            self.market_mix = nn.Linear(enc.hidden_dim, enc.hidden_dim)
+            self.market_mix: nn.Linear | None = nn.Linear(enc.hidden_dim, enc.hidden_dim)
+            if not enc.market_context:  # built, then dropped: the stack's init draws the same numbers
+                self.market_mix = None
             self.mix_norm = nn.LayerNorm(enc.hidden_dim)
         else:
             self.input_proj = nn.Linear(self.n_factors * self.n_features, enc.hidden_dim)
@@ -226,5 +228,7 @@ class XLSTMEncoder(nn.Module):
         z = z.reshape(batch * self.n_factors, tokens, self.patch_days * self.n_features)  # (B*N, T, P*F)
         z = self._stack(self.input_proj(z))[:, -1]  # (B*N, H)
         z = z.view(batch, self.n_factors, self.hidden_dim)  # (B, N, H)
+        if self.market_mix is None:  # model.encoder.market_context: false
+            return self.mix_norm(z)
         market = self.market_mix(z.mean(dim=1, keepdim=True))  # (B, 1, H): what all factors share
         return self.mix_norm(z + market)  # (B, N, H)

@@ -96,6 +96,27 @@ def test_factorwise_encoder_shares_weights_across_factors():
     assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3  # factors do get different summaries
 
 
+def test_without_the_market_context_each_factor_reads_only_its_own_series():
+    """model.encoder.market_context: false: a factor's summary is LayerNorm(its own stack output);
+    changing another factor's inputs leaves it unchanged, and the stack is the default's (same seed)."""
+    torch.manual_seed(0)
+    with_market = XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu").eval()
+    torch.manual_seed(0)
+    own = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.market_context=false")), "cpu").eval()
+    assert own.market_mix is None and not any(n.startswith("market_mix") for n, _ in own.named_parameters())
+    shared = with_market.state_dict()
+    assert all(torch.equal(v, shared[k]) for k, v in own.state_dict().items())  # same draws for the rest
+    x = windows(batch=2, seed=1)
+    x_other = x.clone()
+    x_other[:, :, 1:] += 1.0  # every factor but the first
+    with torch.no_grad():
+        out, out_other, ref = own(x), own(x_other), with_market(x_other)
+        stack_out = own.stack(own.input_proj(x[:, :, 0].reshape(2, -1, 5 * N_FEATURES)))[:, -1]  # factor 0 alone
+    torch.testing.assert_close(out_other[:, 0], out[:, 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, 0], own.mix_norm(stack_out), rtol=0, atol=1e-5)
+    assert (ref[:, 0] - with_market(x)[:, 0]).abs().max() > 1e-3  # with the market, factor 0 does see them
+
+
 def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     results = []
     for flag in ("false", "true"):
