@@ -161,10 +161,12 @@ class TrainingConfig:
     gradients; none: raw terms (the Sharpe term's gradient is then 100-1000x the others')."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    decision_gradient: Literal["mu_and_cov", "mu"] = "mu_and_cov"
+    decision_gradient: Literal["mu_and_cov", "mu", "heads"] = "mu_and_cov"
     """What the losses on the portfolio weights (Sharpe, costs) train through the solve:
     mu_and_cov, both moments (end to end); mu, the expected returns only, Sigma then being trained
-    by its own loss (beta_cov) alone (docs/quality.md, A15)."""
+    by its own loss (beta_cov) alone (docs/quality.md, A15); heads, both moments' heads but not the
+    encoder, which then learns from the return and covariance losses alone (A21; not with
+    training.compile)."""
     return_loss: Literal["raw", "cross_section"] = "raw"
     """What loss_return compares: raw, mu with the realised horizon returns; cross_section, both
     less their mean over the factors on each date.  The portfolio's budget makes the weights blind
@@ -434,6 +436,11 @@ def validate(cfg: Config, src: str = "<config>") -> None:
         not tr.compile or tr.device in ("cuda", "cpu"), src, "training.compile", tr.compile,
         f"torch.compile runs on cuda and cpu only, not on {tr.device!r} (inductor's MPS backend is a "
         "prototype in torch 2.13); set training.compile=false",
+    )
+    _check(
+        not (tr.compile and tr.decision_gradient == "heads"), src, "training.decision_gradient", tr.decision_gradient,
+        "runs the heads a second time outside the compiled graph; set training.compile=false with it, or "
+        "choose mu_and_cov or mu",
     )
     _check(
         0 <= tr.warmup_epochs < tr.max_epochs, src, "training.warmup_epochs", tr.warmup_epochs,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from core.config import Config
+from core.errors import ConfigError
 from model.compiled import RECOMPILE_LIMIT, CompiledMoments
 from model.encoder import XLSTMEncoder
 from model.heads import FactorHeads, FeatureSkip, MomentHeads, check_shape, horizon_vol
@@ -112,7 +113,9 @@ class XLSTMPortfolio(nn.Module):
         return self._moments(x)
 
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)  # (B, N, H) factorwise, (B, H) panel
+        return self._head_moments(self.encoder(x), x)  # h: (B, N, H) factorwise, (B, H) panel
+
+    def _head_moments(self, h: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, cov_factor, cov_diag = self.heads(h)
         if self.feature_skip is not None:
             mu = mu + self.feature_skip(x[:, -1])  # features on the decision date (B, N, F)
@@ -123,7 +126,8 @@ class XLSTMPortfolio(nn.Module):
         layer stays eager.  The modules and the state dict are unchanged (no ``_orig_mod.`` keys)."""
         self.compiled_moments = CompiledMoments(self._moments, recompile_limit, backend)
 
-    def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None, cov_gradient: bool = True) -> ModelOutput:
+    def forward(self, x: torch.Tensor, w_prev: Optional[torch.Tensor] = None, cov_gradient: bool = True,
+                encoder_gradient: bool = True) -> ModelOutput:
         """Moments and the portfolio chosen from them.
 
         Parameters
@@ -136,13 +140,30 @@ class XLSTMPortfolio(nn.Module):
             False: the portfolio solve sees Sigma as a constant, so a loss on the weights trains mu
             only (``training.decision_gradient: mu``); the returned moments keep their graph.
             The weights are the same either way.
+        encoder_gradient : bool
+            False: the solve's moments come from the heads applied to the encoder's summary
+            detached, so a loss on the weights trains the heads (and ``feature_skip``) but not the
+            encoder, which then learns from the losses on the returned moments alone
+            (``training.decision_gradient: heads``).  The heads run twice (they hold no dropout,
+            so both passes give the same values); not with a compiled model.
 
         Returns
         -------
         ModelOutput
             mu, cov_factor, cov_diag (float32) and weights (B, N) float64.
         """
-        mu, cov_factor, cov_diag = self.predict_moments(x)  # (B, N), (B, N, k), (B, N)
+        if encoder_gradient:
+            mu, cov_factor, cov_diag = self.predict_moments(x)  # (B, N), (B, N, k), (B, N)
+            solve_moments = (mu, cov_factor, cov_diag)
+        else:
+            if self.compiled_moments is not None:
+                raise ConfigError(
+                    "training.decision_gradient = heads runs the heads twice outside the compiled graph; "
+                    "set training.compile: false with it."
+                )
+            h = self.encoder(x)
+            mu, cov_factor, cov_diag = self._head_moments(h, x)
+            solve_moments = self._head_moments(h.detach(), x)
         batch = mu.shape[0]
         dev = solve_device(mu.device)
         if w_prev is None:
@@ -152,8 +173,9 @@ class XLSTMPortfolio(nn.Module):
             w_prev = w_prev.to(device=dev, dtype=torch.float64)
         # The solve is float64 and must not be autocast to bf16.
         with torch.autocast(device_type=mu.device.type, enabled=False):
-            solve_cov = (cov_factor, cov_diag) if cov_gradient else (cov_factor.detach(), cov_diag.detach())
-            moments = [t.to(dev).double() for t in (mu, *solve_cov)]
+            solve_mu, solve_factor, solve_diag = solve_moments
+            solve_cov = (solve_factor, solve_diag) if cov_gradient else (solve_factor.detach(), solve_diag.detach())
+            moments = [t.to(dev).double() for t in (solve_mu, *solve_cov)]
             weights = self.portfolio(*moments, w_prev)  # (B, N)
         check_shape("weights from the portfolio layer", weights, (batch, self.n_assets))
         return ModelOutput(mu, cov_factor, cov_diag, weights)

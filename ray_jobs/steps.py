@@ -104,6 +104,12 @@ def assert_finite(value: torch.Tensor, what: str, epoch: int, step: int, run_dir
         )
 
 
+def decision_path(tr) -> dict:
+    """The model's keyword arguments for ``training.decision_gradient``: which parts the losses on
+    the portfolio weights reach through the solve."""
+    return {"cov_gradient": tr.decision_gradient != "mu", "encoder_gradient": tr.decision_gradient != "heads"}
+
+
 def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path,
                   scales: dict | None = None):
     """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping).
@@ -117,7 +123,7 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
         x = x + cfg.training.input_noise * torch.randn_like(x)
     try:
         with autocast(cfg, x.device):
-            out = fwd(x, w_prev, cov_gradient=cfg.training.decision_gradient == "mu_and_cov")
+            out = fwd(x, w_prev, **decision_path(cfg.training))
     except SolverError as exc:
         raise SolverError(f"epoch {epoch}, step {step}: {exc}; {stop_note(run_dir)}") from exc
     mu, cov_factor, cov_diag, r_daily, r_horizon = (
@@ -163,7 +169,7 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
         idx = torch.as_tensor(rng.choice(indices, size=min(tr.batch_size, len(indices)), replace=False))
         x, r_daily, r_horizon = source.gather(idx.to(source.features.device))
         w_prev = equal_weights(x.shape[0], n, dev)
-        out = model(x, w_prev, cov_gradient=tr.decision_gradient == "mu_and_cov")  # the gradient training takes
+        out = model(x, w_prev, **decision_path(tr))  # the gradient training takes
         terms = compute_losses(out.mu.to(dev), out.cov_factor.to(dev), out.cov_diag.to(dev), out.weights, w_prev,
                                r_horizon.to(dev), r_daily.to(dev), tr, cfg.portfolio.tc_rate, cfg.data.prediction_horizon)
         live = [k for k, w in weights.items() if w != 0.0]

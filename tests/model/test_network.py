@@ -142,6 +142,44 @@ def test_without_the_cov_gradient_the_weights_train_mu_only():
     assert g_mu["heads.mu_head.weight"].abs().max() > 1e-8
 
 
+def test_without_the_encoder_gradient_the_weights_train_the_heads_only():
+    # training.decision_gradient = heads: same moments and weights; a loss on the weights reaches
+    # the heads exactly as end to end and the encoder not at all, while a loss on the returned
+    # moments still reaches the encoder.
+    cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
+    torch.manual_seed(3)
+    model = XLSTMPortfolio.from_config(cfg).eval()  # no dropout: both passes compute the same moments
+    x = windows(batch=8, seed=4)
+    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    runs = {}
+    for encoder_gradient in (True, False):
+        out = model(x, encoder_gradient=encoder_gradient)
+        model.zero_grad(set_to_none=True)
+        (out.weights * r_horizon.double()).sum().backward(retain_graph=True)
+        on_weights = {n: p.grad for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        (out.mu * r_horizon).sum().backward()
+        on_mu = {n: p.grad for n, p in model.named_parameters()}
+        runs[encoder_gradient] = (out, on_weights, on_mu)
+    (out_end, w_end, mu_end), (out_heads, w_heads, mu_heads) = runs[True], runs[False]
+    for a, b in zip(out_end, out_heads):
+        assert torch.equal(a.detach(), b.detach())
+    encoder = [n for n in w_end if n.startswith("encoder.")]
+    heads = [n for n in w_end if n.startswith("heads.")]
+    assert encoder and heads
+    assert any(w_end[n] is not None and w_end[n].abs().max() > 1e-8 for n in encoder)
+    assert all(w_heads[n] is None or not w_heads[n].any() for n in encoder)
+    for n in heads:
+        if w_end[n] is None:
+            assert w_heads[n] is None or not w_heads[n].any()
+        else:
+            torch.testing.assert_close(w_heads[n], w_end[n], rtol=1e-6, atol=1e-12)
+    for n in encoder:
+        if mu_end[n] is not None:
+            torch.testing.assert_close(mu_heads[n], mu_end[n], rtol=1e-6, atol=1e-12)
+    assert any(mu_heads[n] is not None and mu_heads[n].abs().max() > 1e-8 for n in encoder)
+
+
 def test_feature_skip_starts_at_zero_and_adds_the_pooled_linear_rule():
     # model.heads.feature_skip: built from zeros and last, so the model's parameters and first
     # outputs are those of the model without it; once trained, mu gains vol_h (x_t . w + c) with

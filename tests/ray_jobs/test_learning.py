@@ -152,16 +152,20 @@ def test_the_loss_scales_are_measured_on_the_gradient_training_takes(setup):
     # decision_gradient = mu: the Sharpe term reaches the model through mu only, so its starting
     # gradient is smaller and its scale larger; the return and covariance terms do not go through
     # the solve, so their scales are exactly the same.
+    # decision_gradient = heads: the Sharpe term reaches the heads only, so likewise a larger scale.
     cfg, prep, source = setup
     mu_only = load_config(SMOKE, ["training.decision_gradient=mu"])
+    heads = load_config(SMOKE, ["training.decision_gradient=heads"])
     scales = {}
-    for name, c in (("end_to_end", cfg), ("mu_only", mu_only)):
+    for name, c in (("end_to_end", cfg), ("mu_only", mu_only), ("heads", heads)):
         torch.manual_seed(0)
         model = XLSTMPortfolio.from_config(cfg)
         scales[name] = gradient_scales(c, model, source, prep.splits.train, seed=0)
     assert scales["mu_only"]["loss_sharpe"] > scales["end_to_end"]["loss_sharpe"], scales  # 0.6 % here
-    for key in ("loss_return", "loss_cov"):
-        assert scales["mu_only"][key] == scales["end_to_end"][key], (key, scales)
+    assert scales["heads"]["loss_sharpe"] > scales["end_to_end"]["loss_sharpe"], scales
+    for other in ("mu_only", "heads"):
+        for key in ("loss_return", "loss_cov"):
+            assert scales[other][key] == scales["end_to_end"][key], (other, key, scales)
 
 
 def test_the_feature_skip_leaves_the_loss_scales_as_they_were(setup):
