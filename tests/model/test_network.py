@@ -119,14 +119,21 @@ def test_sharpe_gradient_reaches_the_input_projection_through_the_solver():
     assert model.heads.mu_head.weight.grad.abs().max() > 1e-8
 
 
+def model_and_batch():
+    """A small model in eval mode (no dropout: two passes compute the same moments), 8 windows
+    and horizon returns, all seeded."""
+    cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
+    torch.manual_seed(3)
+    model = XLSTMPortfolio.from_config(cfg).eval()
+    x = windows(batch=8, seed=4)
+    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    return model, x, r_horizon
+
+
 def test_without_the_cov_gradient_the_weights_train_mu_only():
     # training.decision_gradient = mu: same weights; a loss on them reaches the mu head exactly as
     # before and the covariance heads not at all (they then learn from loss_cov alone).
-    cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
-    torch.manual_seed(3)
-    model = XLSTMPortfolio.from_config(cfg).eval()  # no dropout: both passes compute the same moments
-    x = windows(batch=8, seed=4)
-    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    model, x, r_horizon = model_and_batch()
     grads = {}
     for cov_gradient in (True, False):
         out = model(x, cov_gradient=cov_gradient)
@@ -146,11 +153,7 @@ def test_without_the_encoder_gradient_the_weights_train_the_heads_only():
     # training.decision_gradient = heads: same moments and weights; a loss on the weights reaches
     # the heads exactly as end to end and the encoder not at all, while a loss on the returned
     # moments still reaches the encoder.
-    cfg = small_config("portfolio.risk_aversion=50.0", "portfolio.tc_rate=0.0")
-    torch.manual_seed(3)
-    model = XLSTMPortfolio.from_config(cfg).eval()  # no dropout: both passes compute the same moments
-    x = windows(batch=8, seed=4)
-    r_horizon = 0.014 * torch.randn(8, N_FACTORS, generator=torch.Generator().manual_seed(5))
+    model, x, r_horizon = model_and_batch()
     runs = {}
     for encoder_gradient in (True, False):
         out = model(x, encoder_gradient=encoder_gradient)
