@@ -32,7 +32,7 @@ def val_mu(cfg, model, source, split: np.ndarray) -> tuple[np.ndarray, np.ndarra
     from data.splits import rebalance_indices
     from ray_jobs.steps import predict_moments
 
-    idx = np.asarray(rebalance_indices(split, cfg.data.prediction_horizon))
+    idx = np.array(rebalance_indices(split, cfg.data.prediction_horizon))  # a writable copy for torch
     mu, _, _ = predict_moments(cfg, model, source, idx)
     return idx, mu.numpy()
 
