@@ -172,6 +172,11 @@ class TrainingConfig:
     less their mean over the factors on each date.  The portfolio's budget makes the weights blind
     to a shift of mu common to all factors, and the date's common move is what a model can only
     fit by recognising the date (docs/quality.md, A18)."""
+    cov_loss_mean: Literal["mu", "detached"] = "mu"
+    """Where loss_cov's Gaussian NLL centres the realised returns: mu, the model's, so the NLL's
+    Mahalanobis term e' Sigma^-1 e (e = r - mu) trains mu as well as Sigma; detached, at mu's value
+    taken as a constant, so loss_cov trains Sigma only and mu learns from the return and decision
+    losses (docs/quality.md, A22).  The term's value is the same either way."""
     input_noise: float = 0.0
     """Standard deviation of Gaussian noise added to the normalised input features of every
     training window at every step (0 = none); validation, backtests and prediction see the clean

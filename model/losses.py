@@ -185,7 +185,8 @@ def compute_losses(
     weights, w_prev, r_horizon = weights.to(f64), w_prev.to(f64), r_horizon.to(f64)
     terms = {
         "loss_return": return_mse(mu, r_horizon, cross_section=train_cfg.return_loss == "cross_section"),
-        "loss_cov": gaussian_nll(mu, cov_factor, cov_diag, r_horizon),
+        "loss_cov": gaussian_nll(mu.detach() if train_cfg.cov_loss_mean == "detached" else mu,
+                                 cov_factor, cov_diag, r_horizon),
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),
         "loss_tc": tc_rate * turnover(weights, w_prev),
     }

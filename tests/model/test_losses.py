@@ -154,3 +154,24 @@ def test_cross_section_return_loss_leaves_out_each_dates_common_move():
     shifted = compute_losses(t["mu"].double() + shift, *args[1:], xs, TC_RATE, HORIZON)
     assert float(shifted["loss_return"]) == pytest.approx(float(got["loss_return"]), rel=1e-12)
     assert float(losses(t, mu=t["mu"].double() + shift)["loss_return"]) > 1.1 * float(raw["loss_return"])
+
+
+def test_a_detached_cov_loss_mean_trains_sigma_only():
+    # training.cov_loss_mean = detached: loss_cov has the same value and the same gradient on the
+    # covariance, and none on mu (with the model's mu the Mahalanobis term pulls mu towards r).
+    import dataclasses
+
+    t = inputs(5)
+    detached = dataclasses.replace(TRAIN, cov_loss_mean="detached")
+    grads = {}
+    for name, cfg in (("mu", TRAIN), ("detached", detached)):
+        mu, factor, diag = (t[k].double().clone().requires_grad_(True) for k in ("mu", "cov_factor", "cov_diag"))
+        out = compute_losses(mu, factor, diag, t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"], cfg,
+                             TC_RATE, HORIZON)
+        out["loss_cov"].backward()
+        grads[name] = (float(out["loss_cov"].detach()), mu.grad, factor.grad, diag.grad)
+    (v_mu, g_mu, f_mu, d_mu), (v_det, g_det, f_det, d_det) = grads["mu"], grads["detached"]
+    assert v_det == v_mu
+    assert g_mu.abs().max() > 1e-6 and g_det is None
+    torch.testing.assert_close(f_det, f_mu, rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_det, d_mu, rtol=1e-12, atol=0)
