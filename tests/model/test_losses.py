@@ -163,8 +163,9 @@ def test_a_detached_cov_loss_mean_trains_sigma_only():
 
     t = inputs(5)
     detached = dataclasses.replace(TRAIN, cov_loss_mean="detached")
+    with_mu = dataclasses.replace(TRAIN, cov_loss_mean="mu")
     grads = {}
-    for name, cfg in (("mu", TRAIN), ("detached", detached)):
+    for name, cfg in (("mu", with_mu), ("detached", detached)):
         mu, factor, diag = (t[k].double().clone().requires_grad_(True) for k in ("mu", "cov_factor", "cov_diag"))
         out = compute_losses(mu, factor, diag, t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"], cfg,
                              TC_RATE, HORIZON)
