@@ -130,6 +130,13 @@ def model_and_batch():
     return model, x, r_horizon
 
 
+def parameter_gradients(model, loss: torch.Tensor, retain_graph: bool = False) -> dict:
+    """Each named parameter's gradient of ``loss`` alone (None where it does not reach)."""
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=retain_graph)
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
 def test_without_the_cov_gradient_the_weights_train_mu_only():
     # training.decision_gradient = mu: same weights; a loss on them reaches the mu head exactly as
     # before and the covariance heads not at all (they then learn from loss_cov alone).
@@ -137,9 +144,8 @@ def test_without_the_cov_gradient_the_weights_train_mu_only():
     grads = {}
     for cov_gradient in (True, False):
         out = model(x, cov_gradient=cov_gradient)
-        model.zero_grad(set_to_none=True)
-        (out.weights * r_horizon.double()).sum().backward()
-        grads[cov_gradient] = (out.weights.detach(), {n: p.grad for n, p in model.named_parameters()})
+        grads[cov_gradient] = (out.weights.detach(),
+                               parameter_gradients(model, (out.weights * r_horizon.double()).sum()))
     (w_end, g_end), (w_mu, g_mu) = grads[True], grads[False]
     assert torch.equal(w_end, w_mu)
     for head in ("factor_head", "variance_head"):
@@ -157,12 +163,8 @@ def test_without_the_encoder_gradient_the_weights_train_the_heads_only():
     runs = {}
     for encoder_gradient in (True, False):
         out = model(x, encoder_gradient=encoder_gradient)
-        model.zero_grad(set_to_none=True)
-        (out.weights * r_horizon.double()).sum().backward(retain_graph=True)
-        on_weights = {n: p.grad for n, p in model.named_parameters()}
-        model.zero_grad(set_to_none=True)
-        (out.mu * r_horizon).sum().backward()
-        on_mu = {n: p.grad for n, p in model.named_parameters()}
+        on_weights = parameter_gradients(model, (out.weights * r_horizon.double()).sum(), retain_graph=True)
+        on_mu = parameter_gradients(model, (out.mu * r_horizon).sum())
         runs[encoder_gradient] = (out, on_weights, on_mu)
     (out_end, w_end, mu_end), (out_heads, w_heads, mu_heads) = runs[True], runs[False]
     for a, b in zip(out_end, out_heads):
