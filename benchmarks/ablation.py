@@ -45,6 +45,23 @@ def val_ic(source, idx: np.ndarray, mu: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def decision_figures(cfg, model, source, idx: np.ndarray) -> dict:
+    """What the portfolio layer sees on the val rebalances ``idx`` and what it holds: the mean
+    cross-sectional std of mu, the mean predicted volatility sqrt(diag Sigma), their ratio (the
+    solver's signal-to-noise), and the weights' effective number 1 / sum w^2 and share at the cap."""
+    from ray_jobs.steps import chain_solves, predict_moments
+
+    mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
+    sd = torch.sqrt((cov_factor ** 2).sum(-1) + cov_diag)  # (K, N)
+    weights, _ = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
+    cap = cfg.portfolio.max_weight
+    return {"val_mu_xs_std": float(mu.std(dim=1).mean()), "val_sd_pred": float(sd.mean()),
+            "val_mu_over_sd": float((mu / sd).std(dim=1).mean()),
+            "val_eff_n": float((1.0 / (weights ** 2).sum(1)).mean()),
+            "val_at_cap": float((weights >= cap - 1e-6).double().mean()) if cap else 0.0}
+
+
+@torch.no_grad()
 def skip_parts(model, source, idx: np.ndarray, mu: np.ndarray) -> dict:
     """With ``model.heads.feature_skip``: its weights, and the val IC of mu's two parts, the
     skip's linear rule and the deep model's remainder (mu = deep + skip)."""
@@ -115,6 +132,7 @@ def run(args) -> list[dict]:
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
                "val_loss": val["val_loss"], "val_ic": val_ic(source, idx, mu),
                "seconds": time.perf_counter() - start}
+        row.update(decision_figures(cfg, model, source, idx))
         if model.feature_skip is not None:
             row.update(skip_parts(model, source, idx, mu))
         for d, avg in averages.items():
