@@ -44,21 +44,43 @@ def val_ic(source, idx: np.ndarray, mu: np.ndarray) -> float:
     return mean_ic(mu, source.horizon_returns[torch.as_tensor(idx)].numpy())
 
 
+MU_MULTIPLIERS = (0.25, 0.5, 2.0)
+"""Counterfactual scales of mu handed to the portfolio layer in :func:`decision_figures`."""
+
+
 @torch.no_grad()
 def decision_figures(cfg, model, source, idx: np.ndarray) -> dict:
-    """What the portfolio layer sees on the val rebalances ``idx`` and what it holds: the mean
-    cross-sectional std of mu, the mean predicted volatility sqrt(diag Sigma), their ratio (the
-    solver's signal-to-noise), and the weights' effective number 1 / sum w^2 and share at the cap."""
+    """What the portfolio layer sees on the val rebalances ``idx`` and what it holds.
+
+    The mean cross-sectional std of mu, the mean predicted volatility sqrt(diag Sigma), their
+    ratio (the solver's signal-to-noise), the weights' effective number 1 / sum w^2 and share at
+    the cap; the share of mu's cross-sectional variance that is a fixed tilt over the split (each
+    factor's mean mu over the dates) and the IC of that tilt and of the rest; and the val Sharpe
+    the same moments would give with mu multiplied by each of ``MU_MULTIPLIERS`` (training is
+    unchanged: these are counterfactuals of the decision, not of the model)."""
+    from data.scoring import score_weights
     from ray_jobs.steps import chain_solves, predict_moments
 
+    h, tc = cfg.data.prediction_horizon, cfg.portfolio.tc_rate
     mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
     sd = torch.sqrt((cov_factor ** 2).sum(-1) + cov_diag)  # (K, N)
-    weights, _ = chain_solves(model.portfolio, mu, cov_factor, cov_diag, cfg.portfolio.tc_rate)
+    weights, _ = chain_solves(model.portfolio, mu, cov_factor, cov_diag, tc)
     cap = cfg.portfolio.max_weight
-    return {"val_mu_xs_std": float(mu.std(dim=1).mean()), "val_sd_pred": float(sd.mean()),
-            "val_mu_over_sd": float((mu / sd).std(dim=1).mean()),
-            "val_eff_n": float((1.0 / (weights ** 2).sum(1)).mean()),
-            "val_at_cap": float((weights >= cap - 1e-6).double().mean()) if cap else 0.0}
+    tilt = mu.mean(dim=0, keepdim=True)  # (1, N): each factor's mean mu over the split
+    out = {"val_mu_xs_std": float(mu.std(dim=1).mean()), "val_sd_pred": float(sd.mean()),
+           "val_mu_over_sd": float((mu / sd).std(dim=1).mean()),
+           "val_eff_n": float((1.0 / (weights ** 2).sum(1)).mean()),
+           "val_at_cap": float((weights >= cap - 1e-6).double().mean()) if cap else 0.0,
+           "val_tilt_share": float(tilt.var(dim=1).squeeze() / mu.var(dim=1).mean()),
+           "val_ic_tilt": val_ic(source, idx, tilt.expand_as(mu).numpy()),
+           "val_ic_moving": val_ic(source, idx, (mu - tilt).numpy())}
+    r_horizon = source.horizon_returns[torch.as_tensor(idx)].numpy()
+    for c in MU_MULTIPLIERS:
+        w, w_prev = chain_solves(model.portfolio, c * mu, cov_factor, cov_diag, tc)
+        res = score_weights(idx, w.numpy(), w_prev.numpy(), r_horizon, tc, h)
+        out[f"val_sharpe_mu_x{c}"] = res.sharpe
+        out[f"val_turnover_mu_x{c}"] = res.mean_turnover
+    return out
 
 
 @torch.no_grad()
