@@ -5,7 +5,10 @@ decision at t; see docs/model.md for the derivations.  With B the batch and N th
 
 * ``loss_return`` = mean over (b, i) of (100 * (mu[b,i] - r[b,i]))**2: MSE in percent**2.
   With ``training.return_loss: cross_section``, of (100 * (e[b,i] - mean_j e[b,j]))**2 with
-  e = mu - r: the date's common move is left out.
+  e = mu - r: the date's common move is left out.  With ``training.return_loss: huber``, the
+  squared percent error is replaced beyond :data:`HUBER_DELTA` by its tangent line,
+  2 * delta * |e| - delta**2 (twice torch's ``huber_loss``), so no (date, factor) pulls mu with a
+  gradient above 2 * delta.
   A 5-day factor return has a vol of ~1.4 %, so predicting 0 scores ~2.
 * ``loss_cov`` = mean over b of  NLL_b / N,  with NLL_b the Gaussian negative log-likelihood of
   100 * r[b] under N(100 * mu[b], 1e4 * Sigma[b]) (percent units),
@@ -38,6 +41,10 @@ from model.heads import check_shape
 PERCENT = 100.0
 """Returns are scaled to percent inside loss_return and loss_cov so that both are O(1)."""
 TERM_KEYS = ("loss_return", "loss_cov", "loss_sharpe", "loss_tc")
+HUBER_DELTA = 2.0
+"""Where ``return_loss: huber`` turns from quadratic to linear, in percent (about 1.4 standard
+deviations of a 5-day factor return of ~1.4 % vol; the synthetic panel's daily shocks are Student-t
+with 5 degrees of freedom under GARCH, docs/data.md)."""
 SHARPE_VARIANCE_EPS = 1e-8
 """Added to the batch variance of portfolio returns (return units**2, i.e. a 1e-4 std floor)."""
 
@@ -48,14 +55,19 @@ def term_weights(train_cfg: TrainingConfig) -> dict[str, float]:
             "loss_sharpe": train_cfg.gamma_sharpe, "loss_tc": train_cfg.lambda_tc}
 
 
-def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, cross_section: bool = False) -> torch.Tensor:
+def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, cross_section: bool = False,
+               huber: bool = False) -> torch.Tensor:
     """Mean squared error of predicted vs realised horizon returns in percent**2; (B, N) -> ().
 
     ``cross_section``: the error less its mean over the factors of each date, i.e. the MSE of
-    the demeaned mu against the demeaned returns (``training.return_loss: cross_section``)."""
+    the demeaned mu against the demeaned returns (``training.return_loss: cross_section``).
+    ``huber``: beyond :data:`HUBER_DELTA` percent the square becomes its tangent line
+    (``training.return_loss: huber``); equal to the MSE where every error is within it."""
     err = mu - r_horizon  # (B, N)
     if cross_section:
         err = err - err.mean(dim=-1, keepdim=True)
+    if huber:
+        return 2.0 * torch.nn.functional.huber_loss(PERCENT * mu, PERCENT * r_horizon, delta=HUBER_DELTA)
     return (PERCENT * err).square().mean()
 
 
@@ -184,7 +196,8 @@ def compute_losses(
     mu, cov_factor, cov_diag = mu.to(f64), cov_factor.to(f64), cov_diag.to(f64)
     weights, w_prev, r_horizon = weights.to(f64), w_prev.to(f64), r_horizon.to(f64)
     terms = {
-        "loss_return": return_mse(mu, r_horizon, cross_section=train_cfg.return_loss == "cross_section"),
+        "loss_return": return_mse(mu, r_horizon, cross_section=train_cfg.return_loss == "cross_section",
+                                  huber=train_cfg.return_loss == "huber"),
         "loss_cov": gaussian_nll(mu.detach() if train_cfg.cov_loss_mean == "detached" else mu,
                                  cov_factor, cov_diag, r_horizon),
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),

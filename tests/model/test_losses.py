@@ -131,6 +131,33 @@ def test_scales_multiply_each_term_inside_the_total_only():
     assert float(scaled["loss"]) == pytest.approx(expected, rel=1e-12)
 
 
+def test_huber_return_loss_caps_the_pull_of_large_errors():
+    # training.return_loss = huber: the squared percent error below HUBER_DELTA, its tangent line
+    # beyond (numpy reference); equal to the MSE when every error is small; each element's
+    # gradient is at most 2 * delta / (B N) in percent; the other terms are the raw config's.
+    import dataclasses
+
+    from model.losses import HUBER_DELTA, return_mse
+
+    t = inputs(3)
+    hub = dataclasses.replace(TRAIN, return_loss="huber")
+    mu = t["mu"].double().clone().requires_grad_(True)
+    args = [t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"]]
+    got = compute_losses(mu, *args, hub, TC_RATE, HORIZON)
+    e = np.abs(100 * (t["mu"].double().numpy() - t["r_horizon"].double().numpy()))
+    assert (e > HUBER_DELTA).any() and (e <= HUBER_DELTA).any()  # both regions are exercised
+    ref = np.where(e <= HUBER_DELTA, e**2, 2 * HUBER_DELTA * e - HUBER_DELTA**2).mean()
+    assert float(got["loss_return"]) == pytest.approx(ref, rel=1e-12)
+    (grad,) = torch.autograd.grad(got["loss_return"], mu)
+    assert float(grad.abs().max()) * e.size <= 2 * HUBER_DELTA * 100 * (1 + 1e-12)
+    raw = losses(t)
+    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
+        assert float(got[key]) == float(raw[key])
+    near = t["r_horizon"].double() + 1e-4 * torch.tanh(t["mu"].double())  # every error below 0.01 %
+    assert float(return_mse(near, t["r_horizon"].double(), huber=True)) == pytest.approx(
+        float(return_mse(near, t["r_horizon"].double())), rel=1e-12)
+
+
 def test_cross_section_return_loss_leaves_out_each_dates_common_move():
     # training.return_loss = cross_section: the MSE of the demeaned mu against the demeaned
     # returns (pandas reference), blind to a shift common to all factors on a date, which moves the
