@@ -8,8 +8,7 @@ fresh ``mmap`` pages and returns them on free, so every step faults its working 
 (~35,000 minor page faults a demo step).  ``ray_jobs.ray_cluster.ALLOCATOR_ENV`` keeps freed
 memory in the heap instead; a local cluster's processes start with it.
 
-Each round runs ``--parallel`` child processes of each arm at once (two by default: a walk-forward
-trains two trials at once on the 2 cores), the arms alternating so that they see the same load:
+Each round runs one child process per arm, alternating (the arms see the same machine load):
 ``default`` (glibc's own settings: the variables removed) and ``heap`` (``ALLOCATOR_ENV``).  A child
 builds the model (``--seed``), trains ``--warmup`` steps, then times ``--steps`` steps of the real
 ``training_step`` on one thread and prints wall and CPU seconds per step, minor page faults per
@@ -85,9 +84,6 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=6, help="timed steps per child (default 6)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two arms (default 3)")
-    p.add_argument("--parallel", type=int, default=2,
-                   help="children of the same arm at once (default 2: a walk-forward trains two trials at once "
-                        "on 2 cores)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -99,20 +95,14 @@ def main(argv=None) -> int:
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed)]
     for r in range(args.rounds):
         for arm in arms if r % 2 == 0 else arms[::-1]:
-            children = [subprocess.Popen(base, env=_arm_env(arm), stdout=subprocess.PIPE, text=True)
-                        for _ in range(args.parallel)]
-            for child in children:
-                out, _ = child.communicate()
-                if child.returncode:
-                    raise RuntimeError(f"the {arm} child failed (exit {child.returncode})")
-                rows[arm].append(json.loads(out.strip().splitlines()[-1]))
-                print(f"round {r + 1} {arm:7s} " + " ".join(f"{k} {v:.3f}" for k, v in rows[arm][-1].items()
-                                                             if k != "checksum"), flush=True)
+            out = subprocess.run(base, env=_arm_env(arm), capture_output=True, text=True, check=True)
+            rows[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1} {arm:7s} " + " ".join(f"{k} {v:.3f}" for k, v in rows[arm][-1].items()
+                                                         if k != "checksum"), flush=True)
     med = {arm: {k: statistics.median(row[k] for row in rows[arm]) for k in rows[arm][0] if k != "checksum"}
            for arm in arms}
     identical = len({row["checksum"] for arm in arms for row in rows[arm]}) == 1
-    print(f"\n{args.config}, {args.steps} steps a child, {args.parallel} children at once, "
-          f"medians over {args.rounds} alternating rounds")
+    print(f"\n{args.config}, {args.steps} steps a child, medians of {args.rounds} alternating rounds")
     print("| | s / step | CPU s / step | minor faults / step | peak RSS MB |\n|---|---:|---:|---:|---:|")
     for arm in arms:
         m = med[arm]
