@@ -35,15 +35,6 @@ from core.storage import RemotePath, StoragePath, as_path, fs_and_path
 
 log = logging.getLogger(__name__)
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-"""glibc malloc settings a local cluster's processes start with (docs/performance.md).
-
-A CPU training step allocates and frees tensors of 10-50 MB; by default glibc serves those with
-fresh ``mmap`` pages and unmaps them on free, so each demo step faulted ~35,000 pages back in.
-With no mmap and a 1 GiB trim threshold, freed blocks stay in the heap for the next step: the same
-arithmetic (the trained parameters are bit-identical, ``benchmarks.allocator``), ~1 fault a step.
-A variable already set in the environment is kept (the user's choice wins)."""
-
 # Unix sockets live under the temp dir and must stay below 107 bytes.  Ray appends
 # "/session_<date>_<time>_<usec>_<pid>" (~38) and "/sockets/dash_<Module>Head" (up to ~30):
 # a temp dir longer than 30 bytes gets a short link instead (a 45-byte one broke the dashboard).
@@ -112,8 +103,6 @@ def ray_session(root: StoragePath, num_cpus: Optional[int] = None, num_gpus: Opt
     root = Path(tempfile.mkdtemp(prefix="xlstm_ray_")) if isinstance(as_path(root), RemotePath) else Path(root).resolve()
     ensure_auth_token(root)
     bind_to_loopback()
-    for key, value in ALLOCATOR_ENV.items():  # the raylet and every worker inherit these
-        os.environ.setdefault(key, value)
     temp_dir = _temp_dir(root)
     log.info("starting a local Ray cluster on 127.0.0.1 (temp files in %s)", root / "ray")
     with _own_address_exported() as own_address:

@@ -125,13 +125,8 @@ def test_local_ray_binds_to_loopback(tmp_path, monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
     monkeypatch.setattr(ray_cluster, "ensure_auth_token", lambda root: None)  # Ray caches the first token it reads
     monkeypatch.setattr(ray, "init", init)
-    for key in ray_cluster.ALLOCATOR_ENV:  # restored after the test: ray_session exports them
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # a user's own setting is kept
     with pytest.raises(Stop), ray_cluster.ray_session(tmp_path):
         pass
-    assert os.environ["MALLOC_MMAP_MAX_"] == ray_cluster.ALLOCATOR_ENV["MALLOC_MMAP_MAX_"] == "0"
-    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
     link = Path(seen["_temp_dir"])
     if link.is_symlink():  # the short temp-dir link ray_session would remove after ray.shutdown()
         link.unlink()

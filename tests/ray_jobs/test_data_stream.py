@@ -133,21 +133,3 @@ def test_blocks_stream_starts_and_train_on_consecutive_rebalance_dates(ray_clust
     firsts = [[d[0] for d in steps] for steps in epochs]
     assert len(set(firsts[0])) == len(firsts[0])  # starts drawn without replacement within an epoch
     assert firsts[0] != firsts[1] and firsts[0] != sorted(firsts[0])  # reshuffled each epoch
-
-
-def test_local_cluster_workers_start_with_the_allocator_settings(ray_cluster):
-    """``ray_session`` exports ``ALLOCATOR_ENV`` before the local cluster starts: a worker process
-    (whose C allocator reads its settings at start) has them in its environment."""
-    import os
-
-    import ray
-
-    from ray_jobs.ray_cluster import ALLOCATOR_ENV
-
-    @ray.remote(num_cpus=1)
-    def environment() -> dict:
-        return {key: os.environ.get(key) for key in ALLOCATOR_ENV}
-
-    expected = {key: os.environ[key] for key in ALLOCATOR_ENV}  # KeyError if ray_session did not export them
-    assert expected["MALLOC_MMAP_MAX_"] == "0"
-    assert ray.get(environment.remote()) == expected
