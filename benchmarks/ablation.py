@@ -7,7 +7,8 @@ Trains ``training.max_epochs`` epochs of ``training.steps_per_epoch`` steps (shu
 windows, as the Ray loop draws them) with ``ray_jobs.steps.training_step`` and prints one JSON line
 per epoch: the median gradient norm before clipping, the mean training loss terms and batch
 Sharpe, and on the **val split only** the net Sharpe, turnover, loss and the return head's rank
-IC.  The test split is never touched: choices are made on val (docs/quality.md).  Single-threaded
+IC, and what the portfolio layer sees and holds (:func:`decision_figures`: mu's scale, the
+weights' concentration, mu's fixed tilt, the val Sharpe at other scales of mu).  The test split is never touched: choices are made on val (docs/quality.md).  Single-threaded
 and Ray-free, so two ablations run side by side on a 2-core machine (~3 min each for the demo
 config); the quality benchmark (``benchmarks.quality``) is the real path.
 """
