@@ -8,9 +8,10 @@ windows, as the Ray loop draws them) with ``ray_jobs.steps.training_step`` and p
 per epoch: the median gradient norm before clipping, the mean training loss terms and batch
 Sharpe, and on the **val split only** the net Sharpe, turnover, loss and the return head's rank
 IC, and what the portfolio layer sees and holds (:func:`decision_figures`: mu's scale, the
-weights' concentration, mu's fixed tilt, the val Sharpe at other scales of mu).  The test split is never touched: choices are made on val (docs/quality.md).  Single-threaded
-and Ray-free, so two ablations run side by side on a 2-core machine (~3 min each for the demo
-config); the quality benchmark (``benchmarks.quality``) is the real path.
+weights' concentration, mu's fixed tilt, the val Sharpe at other scales of mu).  The test split
+is never touched: choices are made on val (docs/quality.md).  Single-threaded and Ray-free, so
+two ablations run side by side on a 2-core machine (~3 min each for the demo config); the
+quality benchmark (``benchmarks.quality``) is the real path.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ from core.errors import ConfigError
 from core.cli import CliParser, run_cli
 
 
-def val_mu(cfg, model, source, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the split's rebalance indices (K,), the model's mu there (K, N))."""
+def val_moments(cfg, model, source, split: np.ndarray) -> tuple:
+    """(the split's rebalance indices (K,), the model's mu (K, N), cov_factor and cov_diag there)."""
     from data.splits import rebalance_indices
     from ray_jobs.steps import predict_moments
 
     idx = np.array(rebalance_indices(split, cfg.data.prediction_horizon))  # a writable copy for torch
-    mu, _, _ = predict_moments(cfg, model, source, idx)
+    return (idx, *predict_moments(cfg, model, source, idx))
+
+
+def val_mu(cfg, model, source, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the split's rebalance indices (K,), the model's mu there (K, N))."""
+    idx, mu, _, _ = val_moments(cfg, model, source, split)
     return idx, mu.numpy()
 
 
@@ -50,8 +56,10 @@ MU_MULTIPLIERS = (0.25, 0.5, 2.0)
 
 
 @torch.no_grad()
-def decision_figures(cfg, model, source, idx: np.ndarray) -> dict:
-    """What the portfolio layer sees on the val rebalances ``idx`` and what it holds.
+def decision_figures(cfg, model, source, idx: np.ndarray, mu: torch.Tensor, cov_factor: torch.Tensor,
+                     cov_diag: torch.Tensor) -> dict:
+    """What the portfolio layer sees on the val rebalances ``idx`` (the model's moments there, from
+    :func:`val_moments`) and what it holds.
 
     The mean cross-sectional std of mu, the mean predicted volatility sqrt(diag Sigma), their
     ratio (the solver's signal-to-noise), the weights' effective number 1 / sum w^2 and share at
@@ -60,10 +68,9 @@ def decision_figures(cfg, model, source, idx: np.ndarray) -> dict:
     the same moments would give with mu multiplied by each of ``MU_MULTIPLIERS`` (training is
     unchanged: these are counterfactuals of the decision, not of the model)."""
     from data.scoring import score_weights
-    from ray_jobs.steps import chain_solves, predict_moments
+    from ray_jobs.steps import chain_solves
 
     h, tc = cfg.data.prediction_horizon, cfg.portfolio.tc_rate
-    mu, cov_factor, cov_diag = predict_moments(cfg, model, source, idx)
     sd = torch.sqrt((cov_factor ** 2).sum(-1) + cov_diag)  # (K, N)
     weights, _ = chain_solves(model.portfolio, mu, cov_factor, cov_diag, tc)
     cap = cfg.portfolio.max_weight
@@ -147,7 +154,8 @@ def run(args) -> list[dict]:
                 avg.update_parameters(model)
         scheduler.step()
         val = validate(cfg, model, source, prep.splits.val, scales=scales)
-        idx, mu = val_mu(cfg, model, source, prep.splits.val)
+        idx, *moments = val_moments(cfg, model, source, prep.splits.val)
+        mu = moments[0].numpy()
         row = {"epoch": epoch, "grad_median": float(np.median(norms)),
                "loss_return": float(np.mean([t["loss_return"] for t in terms])),
                "loss_cov": float(np.mean([t["loss_cov"] for t in terms])),
@@ -155,7 +163,7 @@ def run(args) -> list[dict]:
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
                "val_loss": val["val_loss"], "val_ic": val_ic(source, idx, mu),
                "seconds": time.perf_counter() - start}
-        row.update(decision_figures(cfg, model, source, idx))
+        row.update(decision_figures(cfg, model, source, idx, *moments))
         if model.feature_skip is not None:
             row.update(skip_parts(model, source, idx, mu))
         for d, avg in averages.items():

@@ -55,20 +55,20 @@ def term_weights(train_cfg: TrainingConfig) -> dict[str, float]:
             "loss_sharpe": train_cfg.gamma_sharpe, "loss_tc": train_cfg.lambda_tc}
 
 
-def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, cross_section: bool = False,
-               huber: bool = False) -> torch.Tensor:
-    """Mean squared error of predicted vs realised horizon returns in percent**2; (B, N) -> ().
+def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, kind: str = "raw") -> torch.Tensor:
+    """Squared error of predicted vs realised horizon returns in percent**2, averaged; (B, N) -> ().
 
-    ``cross_section``: the error less its mean over the factors of each date, i.e. the MSE of
-    the demeaned mu against the demeaned returns (``training.return_loss: cross_section``).
-    ``huber``: beyond :data:`HUBER_DELTA` percent the square becomes its tangent line
-    (``training.return_loss: huber``); equal to the MSE where every error is within it."""
+    ``kind`` is ``training.return_loss``: raw, the MSE; cross_section, the error less its mean over
+    the factors of each date, i.e. the MSE of the demeaned mu against the demeaned returns; huber,
+    the square replaced beyond :data:`HUBER_DELTA` percent by its tangent line (equal to the MSE
+    where every error is within it)."""
     err = mu - r_horizon  # (B, N)
-    if cross_section:
+    if kind == "cross_section":
         err = err - err.mean(dim=-1, keepdim=True)
-    if huber:
-        return 2.0 * torch.nn.functional.huber_loss(PERCENT * mu, PERCENT * r_horizon, delta=HUBER_DELTA)
-    return (PERCENT * err).square().mean()
+    pct = PERCENT * err
+    if kind == "huber":
+        return 2.0 * torch.nn.functional.huber_loss(pct, torch.zeros_like(pct), delta=HUBER_DELTA)
+    return pct.square().mean()
 
 
 def gaussian_nll(
@@ -196,8 +196,7 @@ def compute_losses(
     mu, cov_factor, cov_diag = mu.to(f64), cov_factor.to(f64), cov_diag.to(f64)
     weights, w_prev, r_horizon = weights.to(f64), w_prev.to(f64), r_horizon.to(f64)
     terms = {
-        "loss_return": return_mse(mu, r_horizon, cross_section=train_cfg.return_loss == "cross_section",
-                                  huber=train_cfg.return_loss == "huber"),
+        "loss_return": return_mse(mu, r_horizon, train_cfg.return_loss),
         "loss_cov": gaussian_nll(mu.detach() if train_cfg.cov_loss_mean == "detached" else mu,
                                  cov_factor, cov_diag, r_horizon),
         "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),

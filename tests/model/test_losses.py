@@ -154,8 +154,8 @@ def test_huber_return_loss_caps_the_pull_of_large_errors():
     for key in ("loss_cov", "loss_sharpe", "loss_tc"):
         assert float(got[key]) == float(raw[key])
     near = t["r_horizon"].double() + 1e-4 * torch.tanh(t["mu"].double())  # every error below 0.01 %
-    assert float(return_mse(near, t["r_horizon"].double(), huber=True)) == pytest.approx(
-        float(return_mse(near, t["r_horizon"].double())), rel=1e-12)
+    assert float(return_mse(near, t["r_horizon"].double(), "huber")) == pytest.approx(
+        float(return_mse(near, t["r_horizon"].double(), "raw")), rel=1e-12)
 
 
 def test_cross_section_return_loss_leaves_out_each_dates_common_move():
