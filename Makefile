@@ -35,18 +35,20 @@ install: $(STAMP)
 
 # The layers first (a second; pyproject.toml's [tool.importlinter]), then the suite in two pytest
 # processes at once: the Ray tests (marked `slow`: one local cluster at a time, module by module)
-# and beside them the rest, which need no cluster (their output follows). ~1,000 s one after the
-# other; the Ray tests leave a core idle between their steps. Both must pass.
+# and beside them the rest, which need no cluster (their output follows); the Ray tests leave a
+# core idle between their steps (timings: docs/performance.md). Both must pass. The quick run's
+# temp files are removed when it passes, kept for a look when it fails.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache --no-logo
-	@quick_log=$$(mktemp); \
-	$(PY) -m pytest -m "not slow" -p no:cacheprovider --basetemp=$$(mktemp -d) tests > $$quick_log 2>&1 & quick=$$!; \
+	@quick_log=$$(mktemp); quick_tmp=$$(mktemp -d); \
+	$(PY) -m pytest -m "not slow" -p no:cacheprovider --basetemp=$$quick_tmp tests > $$quick_log 2>&1 & quick=$$!; \
 	trap 'kill $$quick 2>/dev/null' INT TERM; \
 	$(PY) -m pytest -m slow tests; slow_rc=$$?; \
 	wait $$quick; quick_rc=$$?; \
 	echo "----- the tests without a Ray cluster (run beside the Ray tests above) -----"; \
 	cat $$quick_log; rm -f $$quick_log; \
 	echo "Ray tests: exit $$slow_rc; the others: exit $$quick_rc"; \
+	if [ $$quick_rc -eq 0 ]; then rm -rf $$quick_tmp; else echo "their temp files: $$quick_tmp"; fi; \
 	test $$slow_rc -eq 0 && test $$quick_rc -eq 0
 
 demo: $(STAMP)
