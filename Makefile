@@ -33,23 +33,27 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The layers first (a second; pyproject.toml's [tool.importlinter]), then the suite in two pytest
-# processes at once: the Ray tests (marked `slow`: one local cluster at a time, module by module)
-# and beside them the rest, which need no cluster (their output follows); the Ray tests leave a
-# core idle between their steps (timings: docs/performance.md). Both must pass. The quick run's
-# temp files are removed when it passes, kept for a look when it fails.
+# The layers first (a second; pyproject.toml's [tool.importlinter]), then the suite as three pytest
+# processes at once: the Ray tests (marked `slow`) in two lanes, each lane one local cluster at a
+# time, module by module (the lanes: tests/conftest.py), and the tests that need no cluster. The
+# first lane prints as it runs; the other two print after it (timings: docs/performance.md). All
+# three must pass. The background runs' temp files are removed when they pass, kept for a look
+# when they fail.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache --no-logo
-	@quick_log=$$(mktemp); quick_tmp=$$(mktemp -d); \
-	$(PY) -m pytest -m "not slow" -p no:cacheprovider --basetemp=$$quick_tmp tests > $$quick_log 2>&1 & quick=$$!; \
-	trap 'kill $$quick 2>/dev/null' INT TERM; \
-	$(PY) -m pytest -m slow tests; slow_rc=$$?; \
-	wait $$quick; quick_rc=$$?; \
-	echo "----- the tests without a Ray cluster (run beside the Ray tests above) -----"; \
-	cat $$quick_log; rm -f $$quick_log; \
-	echo "Ray tests: exit $$slow_rc; the others: exit $$quick_rc"; \
-	if [ $$quick_rc -eq 0 ]; then rm -rf $$quick_tmp; else echo "their temp files: $$quick_tmp"; fi; \
-	test $$slow_rc -eq 0 && test $$quick_rc -eq 0
+	@logs=$$(mktemp -d); lane2_tmp=$$(mktemp -d); quick_tmp=$$(mktemp -d); \
+	$(PY) -m pytest -m "slow and lane2" -p no:cacheprovider --basetemp=$$lane2_tmp tests > $$logs/lane2.log 2>&1 & lane2=$$!; \
+	$(PY) -m pytest -m "not slow" -p no:cacheprovider --basetemp=$$quick_tmp tests > $$logs/quick.log 2>&1 & quick=$$!; \
+	trap 'kill $$lane2 $$quick 2>/dev/null' INT TERM; \
+	$(PY) -m pytest -m "slow and not lane2" tests; lane1_rc=$$?; \
+	wait $$lane2; lane2_rc=$$?; wait $$quick; quick_rc=$$?; \
+	echo "----- the Ray tests' second lane (run beside the first above) -----"; cat $$logs/lane2.log; \
+	echo "----- the tests without a Ray cluster (run beside them) -----"; cat $$logs/quick.log; \
+	rm -rf $$logs; \
+	echo "Ray tests: exit $$lane1_rc (first lane), $$lane2_rc (second lane); the others: exit $$quick_rc"; \
+	if [ $$lane2_rc -eq 0 ]; then rm -rf $$lane2_tmp; else echo "the second lane's temp files: $$lane2_tmp"; fi; \
+	if [ $$quick_rc -eq 0 ]; then rm -rf $$quick_tmp; else echo "the quick tests' temp files: $$quick_tmp"; fi; \
+	test $$lane1_rc -eq 0 && test $$lane2_rc -eq 0 && test $$quick_rc -eq 0
 
 demo: $(STAMP)
 	$(PY) -m ray_jobs.demo --output $(DEMO_OUT)

@@ -1,8 +1,21 @@
-"""Processes of the tests' own subprocesses, found through /proc (no `ps`, no `ray stop`)."""
+"""Processes of the tests' own subprocesses, found through /proc (no `ps`, no `ray stop`), and free ports."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a cluster's GCS or dashboard: two
+    clusters on one machine cannot share Ray's default ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def process_group(pgid: int) -> set[int]:
@@ -25,3 +38,26 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def stop_process_group(head: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a ``start_new_session`` subprocess and everything in its process group (a
+    ``ray start --block`` with its GCS, raylet and workers): SIGTERM, ``grace_s`` of grace, then
+    SIGKILL of what is left.  Only this group is touched, so other clusters on the machine (a
+    test run beside this one) keep running, which ``ray stop`` would not allow."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while process_group(head.pid) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for pid in process_group(head.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        head.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass

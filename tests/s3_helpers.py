@@ -17,18 +17,14 @@ from typing import Iterator
 import pyarrow.fs as pafs
 import pytest
 
+from process_helpers import free_port
+
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",  # never ask an instance-metadata endpoint for credentials
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, server: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
@@ -46,7 +42,7 @@ def _wait_for_port(port: int, server: subprocess.Popen, log: Path, timeout: floa
 def s3_bucket(folder: Path, bucket: str = "runs-bucket") -> Iterator[str]:
     """Start moto's S3 server on a free loopback port with ``bucket`` created; yield the query that
     points a pyarrow S3 URI at it (``endpoint_override=127.0.0.1:PORT&scheme=http``)."""
-    port = _free_port()
+    port = free_port()
     log = folder / "moto.log"
     with pytest.MonkeyPatch.context() as mp, open(log, "w") as out:
         for key, value in AWS_ENV.items():

@@ -24,6 +24,7 @@ from core.errors import TrainingError
 from core.files import copy_atomic
 from core.storage import as_path
 from ray_jobs.run_folder import CHECKPOINT_FILE, read_history
+from process_helpers import free_port
 from s3_helpers import bucket_files, s3_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,16 +57,19 @@ def two_nodes(tmp_path_factory):
     with s3_bucket(root) as query, ray_cluster._own_address_exported() as address, \
             pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", str(root / "ray_tmp"))
-        cluster = Cluster(initialize_head=True, head_node_args=dict(
-            num_cpus=0, node_ip_address="127.0.0.1", temp_dir=temp_dir, gcs_server_port=int(address.rsplit(":", 1)[1]),
-            include_dashboard=True, dashboard_host="127.0.0.1"))
+        cluster = None
         try:
+            cluster = Cluster(initialize_head=True, head_node_args=dict(
+                num_cpus=0, node_ip_address="127.0.0.1", temp_dir=temp_dir, gcs_server_port=int(address.rsplit(":", 1)[1]),
+                include_dashboard=True, dashboard_host="127.0.0.1",
+                dashboard_port=free_port()))  # not Ray's default 8265: another cluster may hold it
             cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
             ray.init(address=cluster.address, runtime_env={"env_vars": {"TMPDIR": str(scratch)}})
             yield SimpleNamespace(query=query, address=address, scratch=scratch, root=root)
         finally:
             ray.shutdown()
-            cluster.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
             if Path(temp_dir).is_symlink():
                 Path(temp_dir).unlink()
                 Path(temp_dir).parent.rmdir()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import command_line, process_group
+from process_helpers import command_line, free_port, process_group, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -40,7 +32,7 @@ def other_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
-    port = _free_port()
+    port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     cmd = [ray_bin, "start", "--head", "--block", "--num-cpus", "1", "--port", str(port),
            "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", temp_dir]
@@ -53,18 +45,9 @@ def other_cluster():
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and the GCS/raylet it started
         # `ray start --block` outlived SIGTERM for 30 s here (33.5 s of teardown); the cluster is
         # this test's own, with nothing on it to keep: a few seconds' grace, then SIGKILL.
-        deadline = time.monotonic() + 5
-        while process_group(head.pid) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        for pid in process_group(head.pid):
-            os.kill(pid, signal.SIGKILL)
-        try:
-            head.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
