@@ -60,6 +60,9 @@ def test_ray_job_submit_runs_the_ensemble(tmp_path):
         ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(temp_dir),
         "--include-dashboard", "true", "--disable-usage-stats",
+        # Ray's fixed defaults (52365, 10001) are taken when another cluster runs on the machine, as
+        # the other Ray lane's does in make test: a job agent that cannot bind never comes up.
+        "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
     ]
     with open(tmp_path / "start.log", "w") as log:
         head = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

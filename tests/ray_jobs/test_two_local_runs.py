@@ -35,7 +35,8 @@ def other_cluster():
     port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     cmd = [ray_bin, "start", "--head", "--block", "--num-cpus", "1", "--port", str(port),
-           "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", temp_dir]
+           "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", temp_dir,
+           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]  # not Ray's fixed defaults
     with open(Path(temp_dir) / "start.log", "w") as log:
         head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
