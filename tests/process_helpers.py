@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_ray_head(args: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """``ray start --head --block`` on 127.0.0.1 plus ``args``, in a process group of its own (stop
+    it with :func:`stop_process_group`), output to ``log``.  The dashboard agent and the Ray client
+    server get free ports: Ray's fixed defaults (52365, 10001) are taken when another cluster runs
+    on the machine, as the other Ray lane's does in make test, and an agent that cannot bind never
+    comes up."""
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()), *args]
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def process_group(pgid: int) -> set[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import free_port, stop_process_group
+from process_helpers import free_port, start_ray_head, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -55,17 +55,10 @@ def test_ray_job_submit_runs_the_ensemble(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [
-        ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(temp_dir),
-        "--include-dashboard", "true", "--disable-usage-stats",
-        # Ray's fixed defaults (52365, 10001) are taken when another cluster runs on the machine, as
-        # the other Ray lane's does in make test: a job agent that cannot bind never comes up.
-        "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
-    ]
-    with open(tmp_path / "start.log", "w") as log:
-        head = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_ray_head([
+        "--num-cpus", "2", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+        "--temp-dir", str(temp_dir), "--include-dashboard", "true", "--disable-usage-stats",
+    ], env, tmp_path / "start.log", cwd=ROOT)
     try:
         storage = tmp_path / "runs"
         _wait_for_job_agent(f"http://127.0.0.1:{dash}", env, head, tmp_path / "start.log")

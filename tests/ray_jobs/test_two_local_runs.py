@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import command_line, free_port, process_group, stop_process_group
+from process_helpers import command_line, free_port, process_group, start_ray_head, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "model_config_cpu_smoke.yaml"
@@ -33,12 +33,8 @@ def other_cluster():
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     port = free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_bin, "start", "--head", "--block", "--num-cpus", "1", "--port", str(port),
-           "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", temp_dir,
-           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]  # not Ray's fixed defaults
-    with open(Path(temp_dir) / "start.log", "w") as log:
-        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_ray_head(["--num-cpus", "1", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp_dir],
+                          env, Path(temp_dir) / "start.log")
     try:
         deadline = time.monotonic() + 120
         while not any("gcs_server" in command_line(pid) for pid in process_group(head.pid)):
