@@ -167,13 +167,15 @@ class TrainingConfig:
     by its own loss (beta_cov) alone (docs/quality.md, A15); heads, both moments' heads but not the
     encoder, which then learns from the return and covariance losses alone (A21; not with
     training.compile)."""
-    return_loss: Literal["raw", "cross_section", "huber"] = "raw"
+    return_loss: Literal["raw", "cross_section", "huber", "rank_ic"] = "raw"
     """What loss_return compares: raw, mu with the realised horizon returns; cross_section, both
     less their mean over the factors on each date.  The portfolio's budget makes the weights blind
     to a shift of mu common to all factors, and the date's common move is what a model can only
     fit by recognising the date (docs/quality.md, A18); huber, raw with the square replaced by its
     tangent beyond 2 % (model.losses.HUBER_DELTA), so a few large returns cannot dominate the
-    gradient (A24)."""
+    gradient (A24); rank_ic, 1 - the mean over dates of the correlation of mu with the ranks of the
+    realised returns across the factors (a differentiable information coefficient, blind to mu's
+    scale, the date's common move and the size of large returns; A28)."""
     cov_loss_mean: Literal["mu", "detached"] = "mu"
     """Where loss_cov's Gaussian NLL centres the realised returns: mu, the model's, so the NLL's
     Mahalanobis term e' Sigma^-1 e (e = r - mu) trains mu as well as Sigma; detached, at mu's value

@@ -8,7 +8,10 @@ decision at t; see docs/model.md for the derivations.  With B the batch and N th
   e = mu - r: the date's common move is left out.  With ``training.return_loss: huber``, the
   squared percent error is replaced beyond :data:`HUBER_DELTA` by its tangent line,
   2 * delta * |e| - delta**2 (twice torch's ``huber_loss``), so no (date, factor) pulls mu with a
-  gradient above 2 * delta.
+  gradient above 2 * delta.  With ``training.return_loss: rank_ic``, it is 1 - the mean over b of
+  the Pearson correlation, across the factors, of mu[b] with the ranks of r[b]: a differentiable
+  information coefficient, blind to mu's scale and to the date's common move, and to how large a
+  return is beyond its rank.
   A 5-day factor return has a vol of ~1.4 %, so predicting 0 scores ~2.
 * ``loss_cov`` = mean over b of  NLL_b / N,  with NLL_b the Gaussian negative log-likelihood of
   100 * r[b] under N(100 * mu[b], 1e4 * Sigma[b]) (percent units),
@@ -41,6 +44,9 @@ from model.heads import check_shape
 PERCENT = 100.0
 """Returns are scaled to percent inside loss_return and loss_cov so that both are O(1)."""
 TERM_KEYS = ("loss_return", "loss_cov", "loss_sharpe", "loss_tc")
+RANK_IC_EPS = 1e-16
+"""Added to mu's cross-sectional sum of squares (decimal units**2) under ``return_loss: rank_ic``,
+so that the correlation's gradient is finite when mu is the same for every factor of a date."""
 HUBER_DELTA = 2.0
 """Where ``return_loss: huber`` turns from quadratic to linear, in percent (about 1.4 standard
 deviations of a 5-day factor return of ~1.4 % vol; the synthetic panel's daily shocks are Student-t
@@ -61,7 +67,10 @@ def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, kind: str = "raw") -> 
     ``kind`` is ``training.return_loss``: raw, the MSE; cross_section, the error less its mean over
     the factors of each date, i.e. the MSE of the demeaned mu against the demeaned returns; huber,
     the square replaced beyond :data:`HUBER_DELTA` percent by its tangent line (equal to the MSE
-    where every error is within it)."""
+    where every error is within it); rank_ic, 1 - the mean over dates of the correlation of mu with
+    the ranks of the realised returns (:func:`rank_ic_loss`; not a squared error, the name is kept)."""
+    if kind == "rank_ic":
+        return rank_ic_loss(mu, r_horizon)
     err = mu - r_horizon  # (B, N)
     if kind == "cross_section":
         err = err - err.mean(dim=-1, keepdim=True)
@@ -69,6 +78,20 @@ def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, kind: str = "raw") -> 
     if kind == "huber":
         return 2.0 * torch.nn.functional.huber_loss(pct, torch.zeros_like(pct), delta=HUBER_DELTA)
     return pct.square().mean()
+
+
+def rank_ic_loss(mu: torch.Tensor, r_horizon: torch.Tensor) -> torch.Tensor:
+    """1 - mean over dates of corr(mu[b], rank(r[b])) across the factors; (B, N) -> () in [0, 2].
+
+    The ranks (0 .. N-1, ties broken by order) are constants; mu keeps its gradient.  The loss is
+    unchanged when a date's mu is scaled by a positive number or shifted, so mu's scale and level
+    are left to the other terms (the NLL's Mahalanobis term, the decision)."""
+    ranks = r_horizon.detach().argsort(dim=-1).argsort(dim=-1).to(mu.dtype)
+    z = ranks - ranks.mean(dim=-1, keepdim=True)
+    z = z / z.square().sum(dim=-1, keepdim=True).sqrt()
+    m = mu - mu.mean(dim=-1, keepdim=True)
+    m = m / (m.square().sum(dim=-1, keepdim=True) + RANK_IC_EPS).sqrt()
+    return 1.0 - (m * z).sum(dim=-1).mean()
 
 
 def gaussian_nll(
