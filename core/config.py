@@ -105,6 +105,12 @@ class DataConfig:
     """Decision dates dropped between splits; null = prediction_horizon; must be >= horizon."""
     synthetic_years: int = 24
     """Length of the embedded synthetic panel in years of business days (>= 20)."""
+    normalize: Literal["global", "cross_section"] = "global"
+    """How the model's input features are standardised: global, each feature by its mean and std
+    over the training span and all factors; cross_section, each feature on each date by its mean
+    and std across the factors of that date (the date's own values only, so no look-ahead), which
+    leaves out the level common to all factors (docs/quality.md, A29).  The probe of docs/data.md
+    always reads the global standardisation, so that it stays the same reference."""
 
 
 @dataclass(frozen=True)

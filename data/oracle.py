@@ -96,8 +96,9 @@ def run_policy(
 
 def probe_coefficients(prep, r_horizon: np.ndarray) -> np.ndarray:
     """The probe's pooled ridge (penalty 1) of the horizon return on the normalised features at t,
-    fitted on the train split only: ``[intercept, coef_1 .. coef_F]``, float64 (F + 1,)."""
-    x = prep.normalizer.transform(prep.panel.features[prep.splits.train]).astype(np.float64)  # (n_train, N, F)
+    fitted on the train split only: ``[intercept, coef_1 .. coef_F]``; it reads the global
+    standardisation whatever ``data.normalize`` is, so that it stays one reference, float64 (F + 1,)."""
+    x = prep.normalizer.as_global().transform(prep.panel.features[prep.splits.train]).astype(np.float64)  # (n_train, N, F)
     xt = x.reshape(-1, x.shape[-1])  # (n_train * N, F)
     yt = r_horizon[prep.splits.train].reshape(-1)  # (n_train * N,)
     xt1 = np.column_stack([np.ones(len(xt)), xt])
@@ -108,7 +109,7 @@ def probe_means(prep, r_horizon: np.ndarray) -> np.ndarray:
     """The probe's expected horizon returns at every date, (T, N): :func:`probe_coefficients`
     applied to the normalised features at t."""
     beta = probe_coefficients(prep, r_horizon)
-    x = prep.normalizer.transform(prep.panel.features).astype(np.float64)  # (T, N, F)
+    x = prep.normalizer.as_global().transform(prep.panel.features).astype(np.float64)  # (T, N, F)
     return beta[0] + x @ beta[1:]  # (T, N)
 
 

@@ -8,13 +8,14 @@ For a valid decision t (see :mod:`data.splits`):
   compounded horizon return ``prod(1 + r) - 1``, (n_factors,).
 
 :class:`Normalizer` standardises each feature with its mean / std over the dates of the training
-span (date index <= last train decision) and all factors.  :class:`WindowSource` keeps the
+span (date index <= last train decision) and all factors, or (``data.normalize: cross_section``)
+on each date across that date's factors.  :class:`WindowSource` keeps the
 normalised panel on a device once and gathers batches of windows with index arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,21 @@ class Normalizer:
     feature_names : tuple of str, (F,)
     fit_end : int
         Last date index used for the fit (the last train decision index).
+    mode : str
+        ``data.normalize``: global, by ``mean`` / ``std``; cross_section, each date's features by
+        their mean and std across that date's factors (``mean`` / ``std`` are still fitted, for
+        :meth:`as_global`).
     """
 
     mean: np.ndarray
     std: np.ndarray
     feature_names: tuple[str, ...]
     fit_end: int
+    mode: str = "global"
 
     @classmethod
-    def fit(cls, features: np.ndarray, fit_end: int, feature_names: tuple[str, ...]) -> "Normalizer":
+    def fit(cls, features: np.ndarray, fit_end: int, feature_names: tuple[str, ...],
+            mode: str = "global") -> "Normalizer":
         """Fit on ``features[: fit_end + 1]`` (T, N, F).  Refuses a constant feature, naming it."""
         span = features[: fit_end + 1].astype(np.float64)  # (fit_end + 1, N, F)
         mean = span.mean(axis=(0, 1))  # (F,)
@@ -68,21 +75,42 @@ class Normalizer:
                     f"std {std[k]:.3g}, mean {mean[k]:.6g}): it cannot be standardised. Drop the column "
                     "or fix how it is computed."
                 )
-        return cls(mean, std, tuple(feature_names), int(fit_end))
+        if mode not in ("global", "cross_section"):
+            raise DataError(f"unknown normalisation {mode!r}; data.normalize is global or cross_section.")
+        return cls(mean, std, tuple(feature_names), int(fit_end), mode)
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """(..., F) -> standardised float32 (..., F)."""
-        return ((features - self.mean) / self.std).astype(np.float32)
+        """(..., N, F) -> standardised float32 (..., N, F) (global: any (..., F)).
+
+        Raises DataError (cross_section) where a feature is the same for every factor on a date:
+        it has no cross-section to standardise."""
+        if self.mode == "global":
+            return ((features - self.mean) / self.std).astype(np.float32)
+        x = np.asarray(features, dtype=np.float64)
+        std = x.std(axis=-2, keepdims=True)  # (..., 1, F)
+        flat = std.reshape(-1, std.shape[-1])  # (dates, F)
+        if (flat <= 1e-12).any():
+            row, k = map(int, np.argwhere(flat <= 1e-12)[0])
+            raise DataError(
+                f"feature {self.feature_names[k]!r} is the same for every factor on {int((flat[:, k] <= 1e-12).sum())} "
+                f"date(s) (the first at row {row} of the dates given), so data.normalize: cross_section cannot "
+                "standardise it across the factors. Use data.normalize: global, or drop the column.")
+        return ((x - x.mean(axis=-2, keepdims=True)) / std).astype(np.float32)
+
+    def as_global(self) -> "Normalizer":
+        """The same fit with the global transform (what the probe reads)."""
+        return replace(self, mode="global")
 
     def to_dict(self) -> dict:
         """Plain dict (lists) for checkpoints; :meth:`from_dict` inverts it."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist(),
-                "feature_names": list(self.feature_names), "fit_end": self.fit_end}
+                "feature_names": list(self.feature_names), "fit_end": self.fit_end, "mode": self.mode}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
+        """Inverse of :meth:`to_dict`; a checkpoint from before ``mode`` existed is global."""
         return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64),
-                   tuple(d["feature_names"]), int(d["fit_end"]))
+                   tuple(d["feature_names"]), int(d["fit_end"]), d.get("mode", "global"))
 
 
 class WindowSource:
@@ -205,5 +233,5 @@ def prepare(cfg: Config, panel_path: str | None = None, splits: Splits | None = 
             f"the given splits end at decision {int(splits.test[-1])}, but the panel's {len(panel.dates)} dates "
             f"allow decisions up to {len(panel.dates) - 1 - cfg.data.prediction_horizon}: another panel?"
         )
-    normalizer = Normalizer.fit(panel.features, int(splits.train[-1]), panel.feature_names)
+    normalizer = Normalizer.fit(panel.features, int(splits.train[-1]), panel.feature_names, cfg.data.normalize)
     return PreparedData(panel, splits, normalizer, cfg.data)

@@ -160,3 +160,47 @@ def test_panel_paths_are_made_absolute_for_the_workers(panel_file, tmp_path, mon
     relative = os.path.relpath(panel_file, tmp_path)
     resolved = absolute_panel_path(cfg.data, relative)
     assert Path(resolved).is_absolute() and Path(resolved).samefile(panel_file)
+
+
+def test_cross_section_normalisation_is_each_dates_z_score_and_the_probe_keeps_the_global_one(panel_file):
+    # data.normalize = cross_section: each feature on each date standardised across that date's
+    # factors (pandas reference, ddof 0); a date's inputs ignore every other date; the checkpoint
+    # dict keeps the mode (an old one without it reads as global); the probe reads the global
+    # standardisation either way, so its fit is the same reference.
+    from data.oracle import horizon_returns, probe_coefficients
+
+    glob = prepare(small_cfg(), str(panel_file))
+    prep = prepare(small_cfg("data.normalize=cross_section"), str(panel_file))
+    assert prep.normalizer.mode == "cross_section" and glob.normalizer.mode == "global"
+    feats = prep.panel.features  # (T, N, F)
+    got = prep.window_source().features.numpy()
+    t_len, n, f = feats.shape
+    long = pd.DataFrame(feats.reshape(-1, f).astype(np.float64), columns=list(FEATURE_NAMES))
+    long["date"] = np.repeat(np.arange(t_len), n)
+    grouped = long.groupby("date")[list(FEATURE_NAMES)]
+    ref = (long[list(FEATURE_NAMES)] - grouped.transform("mean")) / grouped.transform(lambda c: c.std(ddof=0))
+    np.testing.assert_allclose(got.reshape(-1, f), ref.to_numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, glob.window_source().features.numpy(), atol=1e-2)
+
+    t = int(prep.splits.val[0])
+    moved = feats.copy()
+    moved[t + 1:] = moved[t + 1:] * 3 + 1
+    moved[: t - 5] = -moved[: t - 5]
+    again = prep.normalizer.transform(moved)
+    np.testing.assert_array_equal(again[t - 5: t + 1], got[t - 5: t + 1])
+
+    d = prep.normalizer.to_dict()
+    assert Normalizer.from_dict(d).to_dict() == d
+    assert Normalizer.from_dict({k: v for k, v in d.items() if k != "mode"}).mode == "global"
+    r_h = horizon_returns(prep.panel.returns, prep.data_cfg.prediction_horizon)
+    np.testing.assert_array_equal(probe_coefficients(prep, r_h), probe_coefficients(glob, r_h))
+
+
+def test_cross_section_normalisation_refuses_a_feature_that_is_the_same_for_every_factor(panel_file):
+    prep = prepare(small_cfg("data.normalize=cross_section"), str(panel_file))
+    feats = prep.panel.features.copy()
+    feats[7, :, 3] = 0.25  # one date on which feature 3 does not vary across the factors
+    with pytest.raises(DataError, match=rf"feature '{FEATURE_NAMES[3]}' is the same for every factor on 1 date"):
+        prep.normalizer.transform(feats)
+    with pytest.raises(DataError, match="unknown normalisation 'rank'"):
+        Normalizer.fit(feats, 20, prep.panel.feature_names, "rank")
