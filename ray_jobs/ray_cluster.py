@@ -69,16 +69,38 @@ def bind_to_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # the env var is read once at import
 
 
+_SHORT_LINK_PREFIX = "xlp_"
+
+
 def _temp_dir(root: Path) -> str:
-    """Ray's temp dir under ``root``; a short symlinked path when ``root`` is too deep."""
+    """Ray's temp dir under ``root``; a short symlinked path when ``root`` is too deep.
+
+    The caller removes the link with :func:`remove_short_link` when its cluster has stopped."""
     target = (root / "ray").resolve()
     target.mkdir(parents=True, exist_ok=True)
     if len(str(target)) <= _MAX_TEMP_DIR_LEN:
         return str(target)
     # Socket paths would be too long: point a short link in the system temp dir at our folder.
-    link = Path(tempfile.mkdtemp(prefix="xlp_")) / "r"
+    link = Path(tempfile.mkdtemp(prefix=_SHORT_LINK_PREFIX)) / "r"
     link.symlink_to(target, target_is_directory=True)
     return str(link)
+
+
+def remove_short_link(temp_dir: StoragePath) -> None:
+    """Remove the short link (and its folder) that :func:`_temp_dir` made; the files it pointed at
+    stay under ``root/ray``.  Nothing happens when ``temp_dir`` is the folder itself."""
+    link = Path(temp_dir)
+    if link.is_symlink():
+        link.unlink()
+        link.parent.rmdir()
+
+
+def short_links_into(folder: Path) -> list[Path]:
+    """The short links of :func:`_temp_dir` that point into ``folder``, e.g. those a driver killed
+    with SIGKILL left behind (a driver that stops removes its own)."""
+    folder = folder.resolve()
+    return [link for link in sorted(Path(tempfile.gettempdir()).glob(f"{_SHORT_LINK_PREFIX}*/r"))
+            if link.is_symlink() and Path(os.readlink(link)).is_relative_to(folder)]
 
 
 @contextlib.contextmanager
@@ -124,9 +146,7 @@ def ray_session(root: StoragePath, num_cpus: Optional[int] = None, num_gpus: Opt
             yield ctx.address_info["address"]
         finally:
             ray.shutdown()
-            if Path(temp_dir).is_symlink():  # drop the short link; the files stay under root/ray
-                Path(temp_dir).unlink()
-                Path(temp_dir).parent.rmdir()
+            remove_short_link(temp_dir)
 
 
 @contextlib.contextmanager

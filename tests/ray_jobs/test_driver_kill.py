@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from process_helpers import process_group
+from ray_jobs import ray_cluster
 from ray_jobs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,15 +25,6 @@ pytestmark = pytest.mark.slow
 
 def _epochs(run_dir: Path) -> list[int]:
     return [row["epoch"] for row in read_history(run_dir)]
-
-
-def _remove_short_links_into(folder: Path) -> None:
-    """Remove the short links to Ray's temp dir (``ray_jobs.ray_cluster._temp_dir``) that point
-    into ``folder``: a driver removes its own when it stops, a SIGKILLed one cannot."""
-    for link in Path(tempfile.gettempdir()).glob("xlp_*/r"):
-        if link.is_symlink() and Path(os.readlink(link)).is_relative_to(folder.resolve()):
-            link.unlink()
-            link.parent.rmdir()
 
 
 def test_killed_driver_is_finished_by_resume(tmp_path):
@@ -56,7 +47,8 @@ def test_killed_driver_is_finished_by_resume(tmp_path):
             driver.wait()
     time.sleep(1)
     assert process_group(driver.pid) == set()
-    _remove_short_links_into(tmp_path)  # the killed driver could not remove its own
+    for link in ray_cluster.short_links_into(tmp_path):  # the killed driver could not remove its own
+        ray_cluster.remove_short_link(link)
     assert not (seeds / "seed_1" / "finished.json").exists()
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)

@@ -70,9 +70,7 @@ def two_nodes(tmp_path_factory):
             ray.shutdown()
             if cluster is not None:
                 cluster.shutdown()
-            if Path(temp_dir).is_symlink():
-                Path(temp_dir).unlink()
-                Path(temp_dir).parent.rmdir()
+            ray_cluster.remove_short_link(temp_dir)
 
 
 def _local_run_files(folder: Path) -> set[Path]:
