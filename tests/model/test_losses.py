@@ -33,12 +33,20 @@ def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def losses(t: dict[str, torch.Tensor], **kw) -> dict[str, torch.Tensor]:
+def losses(t: dict[str, torch.Tensor], cfg: TrainingConfig = TRAIN, **kw) -> dict[str, torch.Tensor]:
+    """compute_losses on the inputs ``t``, any of them replaced by ``kw`` (e.g. ``mu=``)."""
     args = {**t, **kw}
     return compute_losses(
         args["mu"], args["cov_factor"], args["cov_diag"], args["weights"], args["w_prev"],
-        args["r_horizon"], args["r_daily"], TRAIN, TC_RATE, HORIZON,
+        args["r_horizon"], args["r_daily"], cfg, TC_RATE, HORIZON,
     )
+
+
+def assert_other_terms_are_raw(got: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> None:
+    """A training.return_loss variant leaves loss_cov, loss_sharpe and loss_tc as the raw config has them."""
+    raw = losses(t)
+    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
+        assert float(got[key]) == float(raw[key])
 
 
 def reference(t: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -142,17 +150,14 @@ def test_huber_return_loss_caps_the_pull_of_large_errors():
     t = inputs(3)
     hub = dataclasses.replace(TRAIN, return_loss="huber")
     mu = t["mu"].double().clone().requires_grad_(True)
-    args = [t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"]]
-    got = compute_losses(mu, *args, hub, TC_RATE, HORIZON)
+    got = losses(t, hub, mu=mu)
     e = np.abs(100 * (t["mu"].double().numpy() - t["r_horizon"].double().numpy()))
     assert (e > HUBER_DELTA).any() and (e <= HUBER_DELTA).any()  # both regions are exercised
     ref = np.where(e <= HUBER_DELTA, e**2, 2 * HUBER_DELTA * e - HUBER_DELTA**2).mean()
     assert float(got["loss_return"]) == pytest.approx(ref, rel=1e-12)
     (grad,) = torch.autograd.grad(got["loss_return"], mu)
     assert float(grad.abs().max()) * e.size <= 2 * HUBER_DELTA * 100 * (1 + 1e-12)
-    raw = losses(t)
-    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
-        assert float(got[key]) == float(raw[key])
+    assert_other_terms_are_raw(got, t)
     near = t["r_horizon"].double() + 1e-4 * torch.tanh(t["mu"].double())  # every error below 0.01 %
     assert float(return_mse(near, t["r_horizon"].double(), "huber")) == pytest.approx(
         float(return_mse(near, t["r_horizon"].double(), "raw")), rel=1e-12)
@@ -168,19 +173,16 @@ def test_cross_section_return_loss_leaves_out_each_dates_common_move():
 
     t = inputs(3)
     xs = dataclasses.replace(TRAIN, return_loss="cross_section")
-    args = [t["mu"], t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"]]
-    got = compute_losses(*args, xs, TC_RATE, HORIZON)
+    got = losses(t, xs)
     mu = pd.DataFrame(t["mu"].double().numpy())
     r = pd.DataFrame(t["r_horizon"].double().numpy())
     demeaned = (mu.sub(mu.mean(axis=1), axis=0) - r.sub(r.mean(axis=1), axis=0)) * 100
     assert float(got["loss_return"]) == pytest.approx(float((demeaned**2).to_numpy().mean()), rel=1e-12)
-    raw = losses(t)
-    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
-        assert float(got[key]) == float(raw[key])
+    assert_other_terms_are_raw(got, t)
     shift = torch.tensor(np.random.default_rng(4).normal(0, 1e-2, (B, 1)), dtype=torch.float64)
-    shifted = compute_losses(t["mu"].double() + shift, *args[1:], xs, TC_RATE, HORIZON)
+    shifted = losses(t, xs, mu=t["mu"].double() + shift)
     assert float(shifted["loss_return"]) == pytest.approx(float(got["loss_return"]), rel=1e-12)
-    assert float(losses(t, mu=t["mu"].double() + shift)["loss_return"]) > 1.1 * float(raw["loss_return"])
+    assert float(losses(t, mu=t["mu"].double() + shift)["loss_return"]) > 1.1 * float(losses(t)["loss_return"])
 
 
 def test_a_detached_cov_loss_mean_trains_sigma_only():
@@ -218,22 +220,19 @@ def test_rank_ic_return_loss_is_one_minus_the_mean_rank_correlation():
     t = inputs(5)
     ric = dataclasses.replace(TRAIN, return_loss="rank_ic")
     mu = t["mu"].double().clone().requires_grad_(True)
-    args = [t["cov_factor"], t["cov_diag"], t["weights"], t["w_prev"], t["r_horizon"], t["r_daily"]]
-    got = compute_losses(mu, *args, ric, TC_RATE, HORIZON)
+    got = losses(t, ric, mu=mu)
     m = pd.DataFrame(t["mu"].double().numpy())
     ranks = pd.DataFrame(rankdata(t["r_horizon"].double().numpy(), axis=1))
     ref = 1.0 - m.corrwith(ranks, axis=1).mean()
     assert float(got["loss_return"]) == pytest.approx(ref, rel=1e-10)
     (grad,) = torch.autograd.grad(got["loss_return"], mu)
     assert float(grad.abs().max()) > 0
-    raw = losses(t)
-    for key in ("loss_cov", "loss_sharpe", "loss_tc"):
-        assert float(got[key]) == float(raw[key])
+    assert_other_terms_are_raw(got, t)
     rng = np.random.default_rng(6)
     scale = torch.tensor(rng.uniform(0.1, 10, (B, 1)))
     shift = torch.tensor(rng.normal(0, 1e-2, (B, 1)))
-    moved = compute_losses(t["mu"].double() * scale + shift, *args, ric, TC_RATE, HORIZON)
+    moved = losses(t, ric, mu=t["mu"].double() * scale + shift)
     assert float(moved["loss_return"]) == pytest.approx(float(got["loss_return"]), rel=1e-10)
     perfect = torch.tensor(ranks.to_numpy()) * 1e-3 - 3e-3  # RANK_IC_EPS moves it by ~1e-11
-    assert float(compute_losses(perfect, *args, ric, TC_RATE, HORIZON)["loss_return"]) == pytest.approx(0.0, abs=1e-9)
-    assert float(compute_losses(-perfect, *args, ric, TC_RATE, HORIZON)["loss_return"]) == pytest.approx(2.0, abs=1e-9)
+    assert float(losses(t, ric, mu=perfect)["loss_return"]) == pytest.approx(0.0, abs=1e-9)
+    assert float(losses(t, ric, mu=-perfect)["loss_return"]) == pytest.approx(2.0, abs=1e-9)
