@@ -112,7 +112,7 @@ def run(args) -> list[dict]:
     cfg = load_config(args.config, [*args.overrides, "training.device=cpu"])
     tr = cfg.training
     prep = prepare(cfg)
-    source = prep.window_source("cpu")
+    source = prep.window_source("cpu", tr.target_days)
     seed_everything(args.seed)
     model = XLSTMPortfolio.from_config(cfg, "cpu")
     if args.skip_init == "probe":
@@ -147,7 +147,7 @@ def run(args) -> list[dict]:
                 idx = torch.as_tensor(order[step * tr.batch_size: (step + 1) * tr.batch_size])
             x, r_daily, r_horizon = source.gather(idx)
             t, norm = training_step(cfg, model, optimizer, x, r_daily, r_horizon, epoch, step + 1,
-                                    Path("ablation"), scales)
+                                    Path("ablation"), scales, r_target=source.train_target(idx))
             norms.append(norm)
             terms.append(t)
             for avg in averages.values():

@@ -192,6 +192,13 @@ class TrainingConfig:
     training window at every step (0 = none); validation, backtests and prediction see the clean
     inputs.  Each window is seen a few times an epoch at most, and noise keeps the model from
     keying on its exact values (docs/quality.md, A14)."""
+    target_days: Optional[int] = None
+    """Days of realised return that the return loss and the batch Sharpe score, brought to the
+    horizon (null = data.prediction_horizon, the seed's rule).  A longer span (e.g. 20) scores mu
+    and the weights against the mean return of the next target_days days: under a persistent
+    signal nearly the same expectation with horizon / target_days of the noise variance.  The
+    covariance loss keeps the horizon return; no training target reads a return after the
+    training split's last label day (docs/quality.md, A30)."""
     grad_clip_norm: float = 1.0
     """Global gradient-norm clip (the norm before clipping is logged)."""
     patience: int = 20
@@ -464,6 +471,10 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(
         tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, src, "training.steps_per_epoch",
         tr.steps_per_epoch, "must be >= 1 or null",
+    )
+    _check(
+        tr.target_days is None or tr.target_days >= data.prediction_horizon, src, "training.target_days",
+        tr.target_days, f"must be null or >= data.prediction_horizon = {data.prediction_horizon}",
     )
     res = cfg.resources
     _check(res.num_workers >= 1, src, "resources.num_workers", res.num_workers, "must be >= 1")

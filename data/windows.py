@@ -38,6 +38,33 @@ def horizon_returns(returns: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
+def smoothed_horizon_returns(returns: np.ndarray, horizon: int, days: int, label_end: int) -> np.ndarray:
+    """The training target of ``training.target_days``: the compounded return over t+1..t+days,
+    brought to ``horizon`` days geometrically, ``(prod(1 + r))**(horizon / n) - 1``, with n the days
+    used; (T, N) float64.
+
+    No day after ``label_end`` is used: a decision whose ``days`` run past it uses its days up to
+    ``label_end`` only (n < days), and a decision with fewer than ``horizon`` days before
+    ``label_end`` gets NaN.  With ``days == horizon`` it is :func:`horizon_returns` wherever both are
+    defined.  Under a persistent signal, the mean return of the next ``days`` days carries nearly the
+    next ``horizon`` days' expected return with ``horizon / days`` of their noise variance.
+    """
+    t_len = len(returns)
+    if days < horizon:
+        raise ValueError(f"smoothed_horizon_returns: days = {days} must be >= horizon = {horizon}.")
+    if not 0 <= label_end <= t_len - 1:
+        raise ValueError(f"smoothed_horizon_returns: label_end = {label_end} must lie in [0, {t_len - 1}].")
+    logs = np.zeros((t_len + 1, returns.shape[1]))  # logs[k] = sum of log(1 + r) over days < k
+    np.cumsum(np.log1p(returns), axis=0, out=logs[1:])
+    t = np.arange(t_len)
+    end = np.minimum(t + days, label_end)  # the last label day each decision may use
+    n = end - t  # (T,) days used
+    out = np.full(returns.shape, np.nan)
+    ok = n >= horizon
+    out[ok] = np.expm1((logs[end[ok] + 1] - logs[t[ok] + 1]) * (horizon / n[ok])[:, None])
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Normalizer:
     """Per-feature standardisation fitted on the training span.
@@ -138,6 +165,30 @@ class WindowSource:
         self.horizon_returns = torch.as_tensor(r_h, dtype=torch.float32, device=device)  # (T, N)
         self._x_offsets = torch.arange(-lookback + 1, 1, device=device)  # (L,)
         self._y_offsets = torch.arange(1, horizon + 1, device=device)  # (h,)
+        self.target_days, self.label_end = horizon, self.n_dates - 1
+        self._train_target: torch.Tensor | None = None  # (T, N), set by set_train_target
+
+    def set_train_target(self, days: int, label_end: int) -> None:
+        """Make :meth:`train_target` the mean return of the next ``days`` days in horizon units
+        (:func:`smoothed_horizon_returns`), reading no return after date index ``label_end`` (the
+        training split's last label day).  ``training.target_days``; docs/quality.md, A30."""
+        r = smoothed_horizon_returns(self.panel.returns, self.horizon, days, label_end)
+        self._train_target = torch.as_tensor(np.nan_to_num(r), dtype=torch.float32, device=self.features.device)
+        self.target_days, self.label_end = days, label_end
+
+    def train_target(self, idx: torch.Tensor) -> torch.Tensor:
+        """The return the training losses' return and Sharpe terms score, (B,) decisions -> (B, N):
+        the horizon return unless :meth:`set_train_target` chose a longer span.  Refuses a decision
+        whose horizon ends after the label end (such a target would be cut short)."""
+        idx = idx.to(self.features.device)
+        if self._train_target is None:
+            return self.horizon_returns[idx]
+        if idx.numel() and int(idx.max()) + self.horizon > self.label_end:
+            raise ShapeError(
+                f"train_target: decision {int(idx.max())} needs returns up to {int(idx.max()) + self.horizon}, after "
+                f"the label end {self.label_end} (the training split's last label day)."
+            )
+        return self._train_target[idx]
 
     @property
     def first_decision(self) -> int:
@@ -183,9 +234,14 @@ class PreparedData:
     normalizer: Normalizer
     data_cfg: DataConfig
 
-    def window_source(self, device="cpu") -> WindowSource:
+    def window_source(self, device="cpu", target_days: int | None = None) -> WindowSource:
+        """The windows on ``device``; ``target_days`` (``training.target_days``) sets the training
+        target over that many days, cut at the training split's last label day."""
         d = self.data_cfg
-        return WindowSource(self.panel, self.normalizer, d.lookback_days, d.prediction_horizon, device)
+        source = WindowSource(self.panel, self.normalizer, d.lookback_days, d.prediction_horizon, device)
+        if target_days is not None:
+            source.set_train_target(target_days, int(self.splits.train[-1]) + d.prediction_horizon)
+        return source
 
 
 def absolute_panel_path(data_cfg: DataConfig, panel_path: str | None = None) -> str | None:

@@ -175,6 +175,7 @@ def compute_losses(
     tc_rate: float,
     horizon: int,
     scales: Optional[dict[str, float]] = None,
+    r_target: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted total (definitions in the module docstring).
 
@@ -203,6 +204,10 @@ def compute_losses(
         Fixed multipliers of the terms inside the total (``loss_return``, ``loss_cov``,
         ``loss_sharpe``, ``loss_tc``; missing = 1), e.g. from :func:`gradient_scales`.  The
         returned terms themselves are unscaled, so they stay comparable across runs.
+    r_target : Tensor, shape (B, N), optional
+        What ``loss_return`` and ``loss_sharpe`` score instead of ``r_horizon`` (training with
+        ``training.target_days``: a longer span's mean return in horizon units); ``loss_cov`` always
+        scores ``r_horizon``.  None = ``r_horizon``.
 
     Returns
     -------
@@ -218,11 +223,16 @@ def compute_losses(
     f64 = torch.float64  # weights arrive in float64; the heads' float32 outputs are upcast
     mu, cov_factor, cov_diag = mu.to(f64), cov_factor.to(f64), cov_diag.to(f64)
     weights, w_prev, r_horizon = weights.to(f64), w_prev.to(f64), r_horizon.to(f64)
+    if r_target is None:
+        r_target = r_horizon
+    else:
+        check_shape("r_target", r_target, tuple(r_horizon.shape), hint="(batch, factors), like r_horizon")
+        r_target = r_target.to(f64)
     terms = {
-        "loss_return": return_mse(mu, r_horizon, train_cfg.return_loss),
+        "loss_return": return_mse(mu, r_target, train_cfg.return_loss),
         "loss_cov": gaussian_nll(mu.detach() if train_cfg.cov_loss_mean == "detached" else mu,
                                  cov_factor, cov_diag, r_horizon),
-        "loss_sharpe": -batch_sharpe(weights, r_horizon, horizon),
+        "loss_sharpe": -batch_sharpe(weights, r_target, horizon),
         "loss_tc": tc_rate * turnover(weights, w_prev),
     }
     scales = scales or {}

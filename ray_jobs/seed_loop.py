@@ -135,7 +135,7 @@ def start_worker(settings: LoopSettings) -> tuple[WorkerRun, SeedState]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device(cfg)
     prepared = prepare(cfg, settings.panel_path, splits=settings.splits)
-    source = prepared.window_source(device)
+    source = prepared.window_source(device, cfg.training.target_days)
     seed_everything(settings.seed)  # before the model is built: same init on every rank
     model = XLSTMPortfolio.from_config(cfg, device=device.type).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)

@@ -111,8 +111,11 @@ def decision_path(tr) -> dict:
 
 
 def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int, step: int, run_dir: Path,
-                  scales: dict | None = None):
+                  scales: dict | None = None, r_target=None):
     """Forward, loss, backward, clip, step.  Returns (loss terms as floats, grad norm before clipping).
+
+    ``r_target`` (B, N): what the return and Sharpe terms score (``WindowSource.train_target``);
+    None = ``r_horizon``.
 
     Raises SolverError (a failed solve) or TrainingError (a NaN/inf loss or gradient) naming the
     epoch, the step and the batch element; no update is applied then.
@@ -132,6 +135,7 @@ def training_step(cfg: Config, fwd, optimizer, x, r_daily, r_horizon, epoch: int
     losses = compute_losses(
         mu, cov_factor, cov_diag, out.weights, w_prev, r_horizon, r_daily,
         cfg.training, cfg.portfolio.tc_rate, cfg.data.prediction_horizon, scales,
+        r_target=None if r_target is None else r_target.to(dev),
     )
     if not torch.isfinite(losses["loss"].detach()):
         culprits = nonfinite_elements(x=x, r_daily=r_daily, mu=mu, cov_factor=cov_factor, cov_diag=cov_diag,
@@ -171,7 +175,8 @@ def gradient_scales(cfg: Config, model, source, indices: np.ndarray, batches: in
         w_prev = equal_weights(x.shape[0], n, dev)
         out = model(x, w_prev, **decision_path(tr))  # the gradient training takes
         terms = compute_losses(out.mu.to(dev), out.cov_factor.to(dev), out.cov_diag.to(dev), out.weights, w_prev,
-                               r_horizon.to(dev), r_daily.to(dev), tr, cfg.portfolio.tc_rate, cfg.data.prediction_horizon)
+                               r_horizon.to(dev), r_daily.to(dev), tr, cfg.portfolio.tc_rate, cfg.data.prediction_horizon,
+                               r_target=source.train_target(idx).to(dev))
         live = [k for k, w in weights.items() if w != 0.0]
         for i, key in enumerate(live):
             grads = torch.autograd.grad(terms[key], params, retain_graph=i < len(live) - 1, allow_unused=True)
@@ -242,7 +247,8 @@ def train_epoch(cfg: Config, fwd, model, optimizer, shard, source, epoch: int, w
     for step, dates in enumerate(step_dates(cfg, shard, train, world, shuffle_buffer, shuffle_seed), start=1):
         x, r_daily, r_horizon = source.gather(dates.to(source.features.device))
         wait += time.perf_counter() - tick  # waiting on Ray Data + gathering the windows
-        terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir, scales)
+        terms, norm = training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, epoch, step, run_dir, scales,
+                                    r_target=source.train_target(dates))
         for key in LOSS_KEYS:
             sums[key] += terms[key]
         norms.append(norm)

@@ -85,6 +85,8 @@ BAD_CONFIGS = [
     ("market_context_panel", lambda raw: (_put("model.encoder", "layout", "panel")(raw),
                                           _put("model.encoder", "market_context", False)(raw)),
      "model.encoder.market_context", r"= False is invalid: applies to layout: factorwise only"),
+    ("target_days_short", _put("training", "target_days", 3), "training.target_days",
+     r"= 3 is invalid: must be null or >= data\.prediction_horizon = 5"),
     ("wrong_type_str", _put("model.encoder", "hidden_dim", "big"), "model.encoder.hidden_dim",
      r"= 'big' has the wrong type"),
     ("wrong_type_float", _put("training", "batch_size", 3.5), "training.batch_size", r"= 3\.5 has the wrong type"),

@@ -204,3 +204,44 @@ def test_cross_section_normalisation_refuses_a_feature_that_is_the_same_for_ever
         prep.normalizer.transform(feats)
     with pytest.raises(DataError, match="unknown normalisation 'rank'"):
         Normalizer.fit(feats, 20, prep.panel.feature_names, "rank")
+
+
+def test_train_target_is_the_longer_spans_mean_return_cut_at_the_training_labels(returns_wide, panel_file):
+    """training.target_days: a pandas reference, the horizon's own target when days == horizon,
+    and no return after the training split's last label day can reach it."""
+    days = 7
+    prep = prepare(small_cfg(), str(panel_file))
+    plain = prep.window_source()
+    src = prep.window_source(target_days=days)
+    train = torch.tensor(prep.splits.train)
+    label_end = int(prep.splits.train[-1]) + H
+    assert src.label_end == label_end
+    # Without target_days, the target is the horizon return that gather gives.
+    assert torch.equal(plain.train_target(train), plain.gather(train)[2])
+    # The same span as the horizon: the horizon return (computed another way).
+    same = prep.window_source(target_days=H)
+    np.testing.assert_allclose(same.train_target(train).numpy(), plain.gather(train)[2].numpy(), rtol=1e-5, atol=1e-8)
+    # pandas: the compounded return of the next n = min(days, label_end - t) days, to H days geometrically.
+    target = src.train_target(train).numpy()
+    for t in (int(train[0]), int(train[len(train) // 2]), label_end - days, label_end - days + 1, int(train[-1])):
+        row = t + WARMUP_DAYS
+        n = min(days, label_end - t)
+        future = returns_wide.iloc[row + 1: row + n + 1]
+        expect = (future + 1).prod().to_numpy() ** (H / n) - 1
+        np.testing.assert_allclose(target[int((train == t).nonzero())], expect, rtol=1e-5, atol=1e-9)
+    assert min(days, label_end - int(train[-1])) == H  # the last decision is cut to its own horizon
+    # Returns after the label end (the purge, val and test) cannot move any training target.
+    p = prep.panel
+    rets = p.returns.copy()
+    rets[label_end + 1:] = 0.5
+    other = Panel.from_arrays(p.dates, p.factors, p.feature_names, p.features, rets)
+    moved = WindowSource(other, prep.normalizer, L, H)
+    moved.set_train_target(days, label_end)
+    assert torch.equal(moved.train_target(train), src.train_target(train))
+    rets[label_end] += 0.01  # the last label day itself does reach it
+    moved = WindowSource(Panel.from_arrays(p.dates, p.factors, p.feature_names, p.features, rets), prep.normalizer, L, H)
+    moved.set_train_target(days, label_end)
+    assert not torch.equal(moved.train_target(train), src.train_target(train))
+    # A decision whose horizon ends after the label end is refused, not cut short.
+    with pytest.raises(ShapeError, match=r"after the label end"):
+        src.train_target(torch.tensor([int(prep.splits.val[0])]))

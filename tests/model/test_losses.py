@@ -38,7 +38,7 @@ def losses(t: dict[str, torch.Tensor], cfg: TrainingConfig = TRAIN, **kw) -> dic
     args = {**t, **kw}
     return compute_losses(
         args["mu"], args["cov_factor"], args["cov_diag"], args["weights"], args["w_prev"],
-        args["r_horizon"], args["r_daily"], cfg, TC_RATE, HORIZON,
+        args["r_horizon"], args["r_daily"], cfg, TC_RATE, HORIZON, r_target=args.get("r_target"),
     )
 
 
@@ -236,3 +236,22 @@ def test_rank_ic_return_loss_is_one_minus_the_mean_rank_correlation():
     perfect = torch.tensor(ranks.to_numpy()) * 1e-3 - 3e-3  # RANK_IC_EPS moves it by ~1e-11
     assert float(losses(t, ric, mu=perfect)["loss_return"]) == pytest.approx(0.0, abs=1e-9)
     assert float(losses(t, ric, mu=-perfect)["loss_return"]) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_a_training_target_replaces_the_horizon_return_in_the_return_and_sharpe_terms_only():
+    """training.target_days: loss_return and loss_sharpe score r_target (the numpy reference fed
+    r_target as the realised return); loss_cov keeps the horizon return; loss_tc ignores both."""
+    t = inputs(3)
+    target = t["r_horizon"] * 0.5 + 0.002 * torch.randn(t["r_horizon"].shape, generator=torch.Generator().manual_seed(9),
+                                                        dtype=t["r_horizon"].dtype)
+    got = losses(t, r_target=target)
+    as_target = reference({**t, "r_horizon": target})
+    raw = reference(t)
+    for key, ref in (("loss_return", as_target), ("loss_sharpe", as_target), ("loss_cov", raw), ("loss_tc", raw)):
+        assert float(got[key]) == pytest.approx(ref[key], rel=1e-10), key
+    assert float(got["loss_return"]) != pytest.approx(raw["loss_return"], rel=1e-3)
+    assert float(got["loss_sharpe"]) != pytest.approx(raw["loss_sharpe"], rel=1e-3)
+    same = losses(t, r_target=t["r_horizon"].clone())
+    assert all(float(same[k]) == float(losses(t)[k]) for k in same)
+    with pytest.raises(ShapeError, match="r_target"):
+        losses(t, r_target=target[:, :-1])
