@@ -8,7 +8,8 @@ windows, as the Ray loop draws them) with ``ray_jobs.steps.training_step`` and p
 per epoch: the median gradient norm before clipping, the mean training loss terms and batch
 Sharpe, and on the **val split only** the net Sharpe, turnover, loss and the return head's rank
 IC, and what the portfolio layer sees and holds (:func:`decision_figures`: mu's scale, the
-weights' concentration, mu's fixed tilt, the val Sharpe at other scales of mu).  The test split
+weights' concentration, mu's fixed tilt, the val Sharpe at other scales of mu; on the synthetic
+panel, mu's rank correlation with the planted signal, ``val_s_corr``).  The test split
 is never touched: choices are made on val (docs/quality.md).  Single-threaded and Ray-free, so
 two ablations run side by side on a 2-core machine (~3 min each for the demo config); the
 quality benchmark (``benchmarks.quality``) is the real path.
@@ -57,7 +58,7 @@ MU_MULTIPLIERS = (0.25, 0.5, 2.0)
 
 @torch.no_grad()
 def decision_figures(cfg, model, source, idx: np.ndarray, mu: torch.Tensor, cov_factor: torch.Tensor,
-                     cov_diag: torch.Tensor) -> dict:
+                     cov_diag: torch.Tensor, signal: np.ndarray | None = None) -> dict:
     """What the portfolio layer sees on the val rebalances ``idx`` (the model's moments there, from
     :func:`val_moments`) and what it holds.
 
@@ -66,7 +67,10 @@ def decision_figures(cfg, model, source, idx: np.ndarray, mu: torch.Tensor, cov_
     the cap; the share of mu's cross-sectional variance that is a fixed tilt over the split (each
     factor's mean mu over the dates) and the IC of that tilt and of the rest; and the val Sharpe
     the same moments would give with mu multiplied by each of ``MU_MULTIPLIERS`` (training is
-    unchanged: these are counterfactuals of the decision, not of the model)."""
+    unchanged: these are counterfactuals of the decision, not of the model).  With ``signal``
+    (T, N), the synthetic panel's planted s: mu's rank correlation with it (``benchmarks.ic_parts.recovery``),
+    a measure of the ranking without the val returns' noise."""
+    from benchmarks.ic_parts import ic_parts, recovery
     from data.scoring import score_weights
     from ray_jobs.steps import chain_solves
 
@@ -79,10 +83,13 @@ def decision_figures(cfg, model, source, idx: np.ndarray, mu: torch.Tensor, cov_
            "val_mu_over_sd": float((mu / sd).std(dim=1).mean()),
            "val_eff_n": float((1.0 / (weights ** 2).sum(1)).mean()),
            "val_at_cap": float((weights >= cap - 1e-6).double().mean()) if cap else 0.0,
-           "val_tilt_share": float(tilt.var(dim=1).squeeze() / mu.var(dim=1).mean()),
-           "val_ic_tilt": val_ic(source, idx, tilt.expand_as(mu).numpy()),
-           "val_ic_moving": val_ic(source, idx, (mu - tilt).numpy())}
+           "val_tilt_share": float(tilt.var(dim=1).squeeze() / mu.var(dim=1).mean())}
     r_horizon = source.horizon_returns[torch.as_tensor(idx)].numpy()
+    parts = ic_parts(mu.numpy(), r_horizon)
+    out.update(val_ic_tilt=parts["tilt"], val_ic_moving=parts["moving"])
+    if signal is not None:  # the synthetic panel's planted s at the same dates: no return noise
+        rec = recovery(mu.numpy(), signal[idx])
+        out.update(val_s_corr=rec["all"], val_s_corr_moving=rec["moving"])
     for c in MU_MULTIPLIERS:
         w, w_prev = chain_solves(model.portfolio, c * mu, cov_factor, cov_diag, tc)
         res = score_weights(idx, w.numpy(), w_prev.numpy(), r_horizon, tc, h)
@@ -113,6 +120,15 @@ def run(args) -> list[dict]:
     tr = cfg.training
     prep = prepare(cfg)
     source = prep.window_source("cpu", tr.target_days)
+    signal = None
+    if cfg.data.panel_path is None:  # the synthetic panel: its planted signal, for val_s_corr
+        from data.synthetic import SEED, generate
+
+        _, truth = generate(cfg.data.num_factors, cfg.data.synthetic_years, SEED)
+        if not np.array_equal(truth.dates, prep.panel.dates):
+            raise ConfigError("the regenerated synthetic truth does not match the cached panel's dates; delete the "
+                              "cache folder (data.synthetic.cache_dir) and run again.")
+        signal = truth.signal
     seed_everything(args.seed)
     model = XLSTMPortfolio.from_config(cfg, "cpu")
     if args.skip_init == "probe":
@@ -163,7 +179,7 @@ def run(args) -> list[dict]:
                "val_sharpe": val["val_sharpe_ratio"], "val_turnover": val["val_turnover"],
                "val_loss": val["val_loss"], "val_ic": val_ic(source, idx, mu),
                "seconds": time.perf_counter() - start}
-        row.update(decision_figures(cfg, model, source, idx, *moments))
+        row.update(decision_figures(cfg, model, source, idx, *moments, signal=signal))
         if model.feature_skip is not None:
             row.update(skip_parts(model, source, idx, mu))
         for d, avg in averages.items():

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = (
     "train", "ray_jobs.ensemble", "ray_jobs.walkforward", "ray_jobs.analyze", "ray_jobs.predict", "ray_jobs.backtest",
     "ray_jobs.demo", "data.build_panel", "data.oracle", "data.summary", "benchmarks.quality",
-    "benchmarks.model_cost", "benchmarks.ablation",
+    "benchmarks.model_cost", "benchmarks.ablation", "benchmarks.ic_parts",
 )
 """``train`` is ``python train.py``; the others are ``python -m NAME``."""
 
