@@ -122,13 +122,9 @@ def run(args) -> list[dict]:
     source = prep.window_source("cpu", tr.target_days)
     signal = None
     if cfg.data.panel_path is None:  # the synthetic panel: its planted signal, for val_s_corr
-        from data.synthetic import SEED, generate
+        from benchmarks.ic_parts import synthetic_truth
 
-        _, truth = generate(cfg.data.num_factors, cfg.data.synthetic_years, SEED)
-        if not np.array_equal(truth.dates, prep.panel.dates):
-            raise ConfigError("the regenerated synthetic truth does not match the cached panel's dates; delete the "
-                              "cache folder (data.synthetic.cache_dir) and run again.")
-        signal = truth.signal
+        signal = synthetic_truth(cfg, prep.panel.dates).signal
     seed_everything(args.seed)
     model = XLSTMPortfolio.from_config(cfg, "cpu")
     if args.skip_init == "probe":

@@ -50,12 +50,22 @@ def recovery(mu: np.ndarray, signal: np.ndarray) -> dict[str, float]:
             "moving": mean_ic(mu - mu.mean(axis=0, keepdims=True), signal - signal.mean(axis=0, keepdims=True))}
 
 
+def synthetic_truth(cfg, dates: np.ndarray):
+    """The synthetic panel's :class:`data.synthetic.SyntheticTruth`, checked to describe ``dates``."""
+    from data.synthetic import SEED, generate
+
+    _, truth = generate(cfg.data.num_factors, cfg.data.synthetic_years, SEED)
+    if not np.array_equal(truth.dates, dates):
+        raise ConfigError("the regenerated synthetic truth does not match the cached panel's dates; delete the cache "
+                          "folder (data.synthetic.cache_dir) and run again.")
+    return truth
+
+
 def table(config: str, overrides: list[str]) -> list[dict]:
     """One row per (split, ranking): its ``ic_parts`` and, for the probe, its ``recovery``."""
     from data import prepare
     from data.oracle import probe_means
     from data.splits import rebalance_indices
-    from data.synthetic import SEED, generate
     from data.windows import horizon_returns
 
     cfg = load_config(config, overrides)
@@ -67,10 +77,7 @@ def table(config: str, overrides: list[str]) -> list[dict]:
     prep = prepare(cfg)
     h = cfg.data.prediction_horizon
     r_horizon = horizon_returns(prep.panel.returns, h)  # (T, N)
-    _, truth = generate(cfg.data.num_factors, cfg.data.synthetic_years, SEED)
-    if not np.array_equal(truth.dates, prep.panel.dates):
-        raise ConfigError("the regenerated synthetic truth does not match the cached panel's dates; delete the cache "
-                          "folder (data.synthetic.cache_dir) and run again.")
+    truth = synthetic_truth(cfg, prep.panel.dates)
     rankings = {"oracle": truth.moments(h)[0], "signal s": truth.signal, "probe": probe_means(prep, r_horizon)}
     rows = []
     for split, decisions in prep.splits.items():

@@ -13,6 +13,8 @@ synthetic panel, then prints and writes (Markdown, ``--out``, default
 * the return head's information coefficient (IC): the mean over rebalance dates of the rank
   correlation of ``mu`` with the realised horizon returns, per seed, for the ensemble's mean mu
   and for the probe;
+* how much of the planted signal each of them ranks: the mean rank correlation of ``mu`` with the
+  synthetic truth's signal s (all of it, and the moving parts), free of the returns' noise;
 * health per seed: the median gradient norm (before clipping) of every epoch, the val Sharpe of
   every epoch, and the train/val loss gap at the best epoch.
 
@@ -45,8 +47,10 @@ def mean_ic(mu: np.ndarray, r_horizon: np.ndarray) -> float:
     return float(np.nanmean(values))
 
 
-def model_rows(inputs, split: str) -> tuple[dict, dict]:
-    """Scored policies and ICs of the members and the ensemble on a split's rebalances."""
+def model_rows(inputs, split: str, signal: np.ndarray | None = None) -> tuple[dict, dict, dict]:
+    """Scored policies, ICs and, with the planted ``signal`` (T, N), the rank correlation of mu with
+    it (``benchmarks.ic_parts.recovery``) of the members and the ensemble on a split's rebalances."""
+    from benchmarks.ic_parts import recovery
     from data import horizon_returns
     from ray_jobs.backtest import chained_prev
     from data.scoring import score_weights
@@ -56,18 +60,23 @@ def model_rows(inputs, split: str) -> tuple[dict, dict]:
     r_h = horizon_returns(inputs.panel.returns, h)[idx]  # (K, N)
     x = inputs.windows(idx)  # (K, L, N, F)
     moments = ens.member_moments(x)
-    rows, ics, tc = {}, {}, ens.cfg.portfolio.tc_rate
+    rows, ics, recov, tc = {}, {}, {}, ens.cfg.portfolio.tc_rate
     members = {seed: w.cpu().numpy() for seed, w in ens.member_weights(x).items()}  # solved once
     for seed, w in members.items():
         rows[f"seed {seed}"] = score_weights(idx, w, chained_prev(w), r_h, tc, h)
         ics[f"seed {seed}"] = mean_ic(moments[seed][0].cpu().numpy(), r_h)
+        if signal is not None:
+            recov[f"seed {seed}"] = recovery(moments[seed][0].cpu().numpy(), signal[idx])
     combined = {"weights": np.mean(list(members.values()), axis=0),  # as Ensemble.weights(rule="weights")
                 "moments": ens.weights(x, rule="moments").cpu().numpy()}
     for rule, w in combined.items():
         name = "ensemble" if rule == ens.cfg.ensemble.combine else f"ensemble, mean of {rule}"
         rows[name] = score_weights(idx, w, chained_prev(w), r_h, tc, h)
-    ics["ensemble (mean mu)"] = mean_ic(ens.combine(moments)[0].cpu().numpy(), r_h)
-    return rows, ics
+    mean_mu = ens.combine(moments)[0].cpu().numpy()
+    ics["ensemble (mean mu)"] = mean_ic(mean_mu, r_h)
+    if signal is not None:
+        recov["ensemble (mean mu)"] = recovery(mean_mu, signal[idx])
+    return rows, ics, recov
 
 
 def baseline_rows(inputs, split: str) -> dict:
@@ -138,14 +147,21 @@ def sharpe_table(scores: dict[str, dict], combine: str) -> list[str]:
     return lines
 
 
-def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
-    """Sharpe (sharpe, se, turnover) and IC per split and policy, and the health figures."""
+def collect(experiment: Path, cfg) -> tuple[dict, dict, dict, dict]:
+    """Sharpe (sharpe, se, turnover), IC and recovery of the planted signal per split and policy,
+    and the health figures."""
+    from benchmarks.ic_parts import recovery, synthetic_truth
+    from data import horizon_returns, prepare
+    from data.oracle import probe_means
     from ray_jobs.inference import EnsembleInputs
 
     inputs = EnsembleInputs.load(experiment, None, "cpu")
     table, probe_ics = reference_rows(inputs.ensemble.cfg)
+    signal = synthetic_truth(inputs.ensemble.cfg, inputs.panel.dates).signal  # (T, N)
+    prep = prepare(inputs.ensemble.cfg)
+    probe_mu = probe_means(prep, horizon_returns(prep.panel.returns, inputs.horizon))  # (T, N)
     label = {"oracle": "oracle", "probe": "probe", "equal": "1/N"}
-    scores, ics = {}, {}
+    scores, ics, recov = {}, {}, {}
     for split in SPLITS:
         row = {}
         for key in ("oracle", "probe", "equal"):
@@ -154,7 +170,7 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
                 row[label[key]] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
         for name, res in baseline_rows(inputs, split).items():
             row[name] = (res.sharpe, sharpe_standard_error(res.net, res.horizon), res.mean_turnover)
-        members, split_ics = model_rows(inputs, split)
+        members, split_ics, split_recov = model_rows(inputs, split, signal)
         seed_sharpes = [res.sharpe for name, res in members.items() if name.startswith("seed")]
         for name, res in members.items():
             if not name.startswith("seed") and "seed mean ± sd" not in row:
@@ -164,10 +180,14 @@ def collect(experiment: Path, cfg) -> tuple[dict, dict, dict]:
         scores[split] = row
         split_ics["probe"] = probe_ics[split]
         ics[split] = split_ics
-    return scores, ics, health(experiment)
+        idx = inputs.split_rebalances(split)
+        split_recov["probe"] = recovery(probe_mu[idx], signal[idx])
+        recov[split] = split_recov
+    return scores, ics, recov, health(experiment)
 
 
-def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness: dict, minutes: float) -> str:
+def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, recov: dict, fitness: dict,
+           minutes: float) -> str:
     """The benchmark's Markdown (also printed)."""
     lines = [f"# Quality benchmark: `{Path(config).name}`", "",
              f"Experiment `{experiment}`; seeds {list(cfg.ensemble.seeds)}; synthetic panel; "
@@ -179,6 +199,13 @@ def report(config: str, experiment: Path, cfg, scores: dict, ics: dict, fitness:
              "| model | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
     for name in ics[SPLITS[0]]:
         lines.append(_fmt_row(name, [f"{ics[s][name]:+.4f}" for s in SPLITS]))
+    lines += ["", "## How much of the planted signal mu ranks (mean over rebalance dates of rank corr(mu, s))", "",
+              "The synthetic truth, without the realised returns' noise (`benchmarks.ic_parts.recovery`): all of mu, "
+              "and the moving parts (each less its factor's mean over the split).", "",
+              "| model | " + " | ".join(f"{s} | {s}, moving" for s in SPLITS) + " |",
+              "|---|" + "---:|" * (2 * len(SPLITS))]
+    for name in recov[SPLITS[0]]:
+        lines.append(_fmt_row(name, [f"{recov[s][name][k]:+.3f}" for s in SPLITS for k in ("all", "moving")]))
     lines += ["", "## Health per seed", "",
               "| seed | median gradient norm per epoch (before clipping) | val Sharpe per epoch | best epoch | "
               "val loss - train loss at best |", "|---|---|---|---:|---:|"]
@@ -223,8 +250,8 @@ def run(args) -> Path:
         )
     storage = Path(args.storage).resolve()
     experiment = train_or_finish(args.config, storage, overrides)
-    scores, ics, fitness = collect(experiment, cfg)
-    text = report(args.config, experiment, cfg, scores, ics, fitness, (time.perf_counter() - start) / 60)
+    scores, ics, recov, fitness = collect(experiment, cfg)
+    text = report(args.config, experiment, cfg, scores, ics, recov, fitness, (time.perf_counter() - start) / 60)
     out = Path(args.out) if args.out else experiment / "quality.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
