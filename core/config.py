@@ -54,6 +54,12 @@ class EncoderConfig:
     """factorwise: mix the market context (the mean over factors of their summaries, projected) into
     every factor's summary; false: each factor's moments come from its own series only (a study
     option, docs/quality.md A20)."""
+    factor_mixing: Literal["mean", "attention"] = "mean"
+    """factorwise, with market_context: how the factors' summaries inform each other. mean: the
+    mean over factors, projected, is added to every factor; attention: one multi-head
+    self-attention layer over the factors (num_heads heads, no position, so the model stays
+    equivariant to the factors' order) is added instead, letting each factor weigh the others
+    (a study option, docs/quality.md A32)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of storing them (less memory,
     about a third more compute); for the full-size model on a shared GPU."""
@@ -418,6 +424,11 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(
         enc.layout == "factorwise" or enc.market_context, src, "model.encoder.market_context", enc.market_context,
         "applies to layout: factorwise only (the panel layout has no per-factor summaries); drop it or set it true",
+    )
+    _check(
+        enc.factor_mixing == "mean" or (enc.layout == "factorwise" and enc.market_context), src,
+        "model.encoder.factor_mixing", enc.factor_mixing,
+        "applies to layout: factorwise with market_context: true only; drop it or set it to mean",
     )
     _check(cfg.model.heads.cov_rank >= 1, src, "model.heads.cov_rank", cfg.model.heads.cov_rank, "must be >= 1")
     _check(cfg.model.heads.min_variance > 0, src, "model.heads.min_variance", cfg.model.heads.min_variance, "must be > 0")

@@ -178,6 +178,12 @@ class XLSTMEncoder(nn.Module):
         if self.slstm_backend == "fast":
             use_fast_slstm(self.stack)
         use_fast_layers(self.stack)  # causal conv and per-head norm without their slow CPU kernels
+        self.factor_attention: nn.MultiheadAttention | None = None
+        if self.layout == "factorwise" and self.market_mix is not None and enc.factor_mixing == "attention":
+            # Drawn from a forked RNG: every other weight gets the same numbers as with the mean.
+            with torch.random.fork_rng(devices=[]):
+                self.factor_attention = nn.MultiheadAttention(enc.hidden_dim, enc.num_heads, batch_first=True)
+            self.market_mix = None  # replaced, not stacked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Summarise a batch of windows.
@@ -228,6 +234,9 @@ class XLSTMEncoder(nn.Module):
         z = z.reshape(batch * self.n_factors, tokens, self.patch_days * self.n_features)  # (B*N, T, P*F)
         z = self._stack(self.input_proj(z))[:, -1]  # (B*N, H)
         z = z.view(batch, self.n_factors, self.hidden_dim)  # (B, N, H)
+        if self.factor_attention is not None:  # model.encoder.factor_mixing: attention
+            mixed, _ = self.factor_attention(z, z, z, need_weights=False)  # (B, N, H): each factor reads all
+            return self.mix_norm(z + mixed)
         if self.market_mix is None:  # model.encoder.market_context: false
             return self.mix_norm(z)
         market = self.market_mix(z.mean(dim=1, keepdim=True))  # (B, 1, H): what all factors share

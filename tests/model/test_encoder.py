@@ -117,6 +117,41 @@ def test_without_the_market_context_each_factor_reads_only_its_own_series():
     assert (ref[:, 0] - with_market(x)[:, 0]).abs().max() > 1e-3  # with the market, factor 0 does see them
 
 
+def test_factor_attention_mixes_every_factor_and_keeps_the_order_equivariance():
+    """model.encoder.factor_mixing: attention: the mean context is replaced by self-attention over
+    the factors; the summaries still permute with the factors, a factor's summary is
+    LayerNorm(own + attention(all)) against torch's attention written out in float64, and every
+    other weight has the default's draw (same seed)."""
+    torch.manual_seed(0)
+    mean = XLSTMEncoder(ModelSpec.of(small_config(MAC)), "cpu").eval()
+    torch.manual_seed(0)
+    attn = XLSTMEncoder(ModelSpec.of(small_config(MAC, "model.encoder.factor_mixing=attention")), "cpu").eval()
+    assert attn.market_mix is None and attn.factor_attention is not None
+    shared = mean.state_dict()
+    assert all(torch.equal(v, shared[k]) for k, v in attn.state_dict().items() if not k.startswith("factor_attention"))
+    x = windows(batch=2, seed=1)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        out, out_perm = attn(x), attn(x[:, :, perm])
+        z = attn.stack(attn.input_proj(x.permute(0, 2, 1, 3).reshape(2 * N_FACTORS, -1, 5 * N_FEATURES)))[:, -1]
+    torch.testing.assert_close(out_perm, out[:, perm], rtol=0, atol=1e-5)
+    # the reference: scaled dot-product attention over the factors, by hand in float64
+    mha = attn.factor_attention
+    z = z.view(2, N_FACTORS, -1).double()
+    h, heads = z.shape[-1], mha.num_heads
+    q, k, v = (z @ w.double().T + b.double() for w, b in zip(mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)))
+    split = lambda t: t.view(2, N_FACTORS, heads, h // heads).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-1, -2) / (h // heads) ** 0.5
+    ctx = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(2, N_FACTORS, h)
+    mixed = ctx @ mha.out_proj.weight.double().T + mha.out_proj.bias.double()
+    ref = torch.nn.functional.layer_norm(z + mixed, (h,), attn.mix_norm.weight.double(), attn.mix_norm.bias.double())
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+    x_other = x.clone()
+    x_other[:, :, 1:] += 1.0  # every factor but the first: factor 0's summary sees them
+    with torch.no_grad():
+        assert (attn(x_other)[:, 0] - out[:, 0]).abs().max() > 1e-3
+
+
 def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     results = []
     for flag in ("false", "true"):

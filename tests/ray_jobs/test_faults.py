@@ -57,11 +57,11 @@ def nan_input_at(epoch: int, step: int, element: int):
     def fault():
         training_step = steps.training_step
 
-        def step_with_nan(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest):
+        def step_with_nan(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest, **kwargs):
             if (at_epoch, at_step) == (epoch, step):
                 x = x.clone()
                 x[element] = float("nan")
-            return training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest)
+            return training_step(cfg, fwd, optimizer, x, r_daily, r_horizon, at_epoch, at_step, *rest, **kwargs)
 
         steps.training_step = step_with_nan
     return fault
