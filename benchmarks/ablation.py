@@ -145,14 +145,18 @@ def run(args) -> list[dict]:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d), use_buffers=True)
         for d in args.ema}
     rng, rows = np.random.default_rng(args.seed), []
-    if args.batch_dates == "blocks":
+    batch_dates = tr.batch_dates if args.batch_dates is None else args.batch_dates
+    if args.batch_dates is not None and args.batch_dates != tr.batch_dates != "random":
+        raise ConfigError(f"--batch-dates {args.batch_dates} contradicts training.batch_dates = {tr.batch_dates}; "
+                          "give one of them.")
+    if batch_dates == "blocks":
         starts = block_starts(train, tr.batch_size, cfg.data.prediction_horizon)
     for epoch in range(1, tr.max_epochs + 1):
         torch.manual_seed(args.seed * 100_003 + epoch)
         model.train()
         order, start, norms, terms = rng.permutation(train), time.perf_counter(), [], []
         for step in range(steps):
-            if args.batch_dates == "blocks":  # B rebalance dates h days apart from a random start
+            if batch_dates == "blocks":  # B rebalance dates h days apart from a random start
                 first = int(starts[rng.integers(0, len(starts))])
                 idx = torch.as_tensor(block_dates(train, first, tr.batch_size, cfg.data.prediction_horizon).copy())
             else:
@@ -194,9 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="run config (YAML); the synthetic panel unless data.panel_path")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
     p.add_argument("--tag", default="", help="label printed on every line")
-    p.add_argument("--batch-dates", choices=["random", "blocks"], default="random",
+    p.add_argument("--batch-dates", choices=["random", "blocks"], default=None,
                    help="random: shuffled training dates (the Ray loop's batches); blocks: each batch is "
-                        "batch_size consecutive rebalance dates, one horizon apart, from a random start")
+                        "batch_size consecutive rebalance dates, one horizon apart, from a random start "
+                        "(default: the config's training.batch_dates)")
     p.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
                    help="also validate an exponential moving average of the weights with this per-step decay "
                         "(repeatable; training is unchanged)")
