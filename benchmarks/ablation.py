@@ -145,8 +145,8 @@ def run(args) -> list[dict]:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d), use_buffers=True)
         for d in args.ema}
     rng, rows = np.random.default_rng(args.seed), []
-    batch_dates = tr.batch_dates if args.batch_dates is None else args.batch_dates
-    if args.batch_dates is not None and args.batch_dates != tr.batch_dates != "random":
+    batch_dates = args.batch_dates or tr.batch_dates  # the flag is another way to ask for training.batch_dates
+    if batch_dates != tr.batch_dates and tr.batch_dates != "random":
         raise ConfigError(f"--batch-dates {args.batch_dates} contradicts training.batch_dates = {tr.batch_dates}; "
                           "give one of them.")
     if batch_dates == "blocks":
