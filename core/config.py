@@ -188,6 +188,11 @@ class TrainingConfig:
     gradient (A24); rank_ic, 1 - the mean over dates of the correlation of mu with the ranks of the
     realised returns across the factors (a differentiable information coefficient, blind to mu's
     scale, the date's common move and the size of large returns; A28)."""
+    rank_ic_anchor: float = 0.0
+    """Under return_loss rank_ic, the weight of the raw MSE (percent**2, ~2 for a zero forecast)
+    added to loss_return: the rank term sets mu's ordering, this small squared error anchors mu's
+    scale, which the portfolio layer reads as conviction and the rank term cannot see
+    (docs/quality.md, A34).  0 = the rank term alone; must be 0 with any other return_loss."""
     cov_loss_mean: Literal["mu", "detached"] = "mu"
     """Where loss_cov's Gaussian NLL centres the realised returns: mu, the model's, so the NLL's
     Mahalanobis term e' Sigma^-1 e (e = r - mu) trains mu as well as Sigma; detached, at mu's value
@@ -482,6 +487,14 @@ def validate(cfg: Config, src: str = "<config>") -> None:
     _check(
         tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, src, "training.steps_per_epoch",
         tr.steps_per_epoch, "must be >= 1 or null",
+    )
+    _check(
+        tr.rank_ic_anchor >= 0, src, "training.rank_ic_anchor", tr.rank_ic_anchor, "must be >= 0",
+    )
+    _check(
+        tr.rank_ic_anchor == 0 or tr.return_loss == "rank_ic", src, "training.rank_ic_anchor",
+        tr.rank_ic_anchor, f"anchors the rank_ic return loss only (return_loss = {tr.return_loss!r}); "
+        "set training.return_loss=rank_ic or the anchor to 0",
     )
     _check(
         tr.target_days is None or tr.target_days >= data.prediction_horizon, src, "training.target_days",

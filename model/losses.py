@@ -11,7 +11,8 @@ decision at t; see docs/model.md for the derivations.  With B the batch and N th
   gradient above 2 * delta.  With ``training.return_loss: rank_ic``, it is 1 - the mean over b of
   the Pearson correlation, across the factors, of mu[b] with the ranks of r[b]: a differentiable
   information coefficient, blind to mu's scale and to the date's common move, and to how large a
-  return is beyond its rank.
+  return is beyond its rank; ``training.rank_ic_anchor`` a > 0 adds a times the raw MSE, which
+  anchors mu's scale.
   A 5-day factor return has a vol of ~1.4 %, so predicting 0 scores ~2.
 * ``loss_cov`` = mean over b of  NLL_b / N,  with NLL_b the Gaussian negative log-likelihood of
   100 * r[b] under N(100 * mu[b], 1e4 * Sigma[b]) (percent units),
@@ -61,16 +62,18 @@ def term_weights(train_cfg: TrainingConfig) -> dict[str, float]:
             "loss_sharpe": train_cfg.gamma_sharpe, "loss_tc": train_cfg.lambda_tc}
 
 
-def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, kind: str = "raw") -> torch.Tensor:
+def return_mse(mu: torch.Tensor, r_horizon: torch.Tensor, kind: str = "raw", anchor: float = 0.0) -> torch.Tensor:
     """Squared error of predicted vs realised horizon returns in percent**2, averaged; (B, N) -> ().
 
     ``kind`` is ``training.return_loss``: raw, the MSE; cross_section, the error less its mean over
     the factors of each date, i.e. the MSE of the demeaned mu against the demeaned returns; huber,
     the square replaced beyond :data:`HUBER_DELTA` percent by its tangent line (equal to the MSE
     where every error is within it); rank_ic, 1 - the mean over dates of the correlation of mu with
-    the ranks of the realised returns (:func:`rank_ic_loss`; not a squared error, the name is kept)."""
+    the ranks of the realised returns (:func:`rank_ic_loss`; not a squared error, the name is kept),
+    plus ``anchor`` times the raw MSE where ``anchor`` (``training.rank_ic_anchor``) is not 0."""
     if kind == "rank_ic":
-        return rank_ic_loss(mu, r_horizon)
+        rank = rank_ic_loss(mu, r_horizon)
+        return rank if anchor == 0 else rank + anchor * return_mse(mu, r_horizon, "raw")
     err = mu - r_horizon  # (B, N)
     if kind == "cross_section":
         err = err - err.mean(dim=-1, keepdim=True)
@@ -229,7 +232,7 @@ def compute_losses(
         check_shape("r_target", r_target, tuple(r_horizon.shape), hint="(batch, factors), like r_horizon")
         r_target = r_target.to(f64)
     terms = {
-        "loss_return": return_mse(mu, r_target, train_cfg.return_loss),
+        "loss_return": return_mse(mu, r_target, train_cfg.return_loss, train_cfg.rank_ic_anchor),
         "loss_cov": gaussian_nll(mu.detach() if train_cfg.cov_loss_mean == "detached" else mu,
                                  cov_factor, cov_diag, r_horizon),
         "loss_sharpe": -batch_sharpe(weights, r_target, horizon),

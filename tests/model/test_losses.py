@@ -255,3 +255,32 @@ def test_a_training_target_replaces_the_horizon_return_in_the_return_and_sharpe_
     assert all(float(same[k]) == float(losses(t)[k]) for k in same)
     with pytest.raises(ShapeError, match="r_target"):
         losses(t, r_target=target[:, :-1])
+
+
+def test_rank_ic_anchor_adds_the_raw_mse_at_its_weight():
+    # training.rank_ic_anchor = a: loss_return = (1 - mean rank correlation) + a * the raw MSE,
+    # each against its own reference (pandas + scipy; numpy's MSE in percent**2), so the sum is no
+    # longer blind to mu's scale: doubling mu moves it by a * (MSE(2 mu) - MSE(mu)) exactly.
+    import dataclasses
+
+    import pandas as pd
+    from scipy.stats import rankdata
+
+    t = inputs(7)
+    a = 0.3
+    anchored = dataclasses.replace(TRAIN, return_loss="rank_ic", rank_ic_anchor=a)
+    mu, r = t["mu"].double().numpy(), t["r_horizon"].double().numpy()
+    ranks = pd.DataFrame(rankdata(r, axis=1))
+
+    def ref(m: np.ndarray) -> float:
+        return 1.0 - pd.DataFrame(m).corrwith(ranks, axis=1).mean() + a * np.mean((100 * (m - r)) ** 2)
+
+    got = losses(t, anchored)
+    assert float(got["loss_return"]) == pytest.approx(ref(mu), rel=1e-10)
+    doubled = losses(t, anchored, mu=2 * t["mu"].double())
+    assert float(doubled["loss_return"]) == pytest.approx(ref(2 * mu), rel=1e-10)
+    assert float(doubled["loss_return"]) != pytest.approx(float(got["loss_return"]), rel=1e-6)
+    assert_other_terms_are_raw(got, t)
+    plain = losses(t, dataclasses.replace(TRAIN, return_loss="rank_ic"))
+    mse = losses(t)["loss_return"]
+    assert float(got["loss_return"]) == pytest.approx(float(plain["loss_return"]) + a * float(mse), rel=1e-12)
