@@ -252,6 +252,18 @@ def absolute_panel_path(data_cfg: DataConfig, panel_path: str | None = None) -> 
     return None if path is None else str(Path(path).resolve())
 
 
+def pin_panel(cfg: Config, panel_path: str | None = None) -> tuple[Config, str | None]:
+    """The panel a run trains on, as an absolute path (``panel_path``, else ``data.panel_path``;
+    None: the embedded synthetic panel), and ``cfg`` with ``data.panel_path`` set to it.
+
+    The training entry points hand the pinned config to their workers, so every checkpoint names
+    the panel it was trained on, ``--data`` included, and ``backtest`` / ``predict`` read that
+    panel by default (:class:`ray_jobs.inference.EnsembleInputs` refuses another one).
+    """
+    path = absolute_panel_path(cfg.data, panel_path)
+    return replace(cfg, data=replace(cfg.data, panel_path=path)), path
+
+
 def load_panel(data_cfg: DataConfig, panel_path: str | None = None) -> Panel:
     """``panel_path``, else ``data_cfg.panel_path``, else the embedded synthetic panel; validated."""
     path = panel_path if panel_path is not None else data_cfg.panel_path

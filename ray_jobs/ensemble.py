@@ -30,7 +30,7 @@ from core.cli import CliParser, run_cli
 from core.config import Config, check_device, load_config
 from core.errors import ConfigError
 from core.storage import StoragePath, as_path, fs_and_path
-from data.windows import absolute_panel_path, prepare
+from data.windows import pin_panel, prepare
 from ray_jobs import ray_cluster
 from ray_jobs.analyze import seed_table
 from ray_jobs.run_folder import SEEDS_DIR, clear_failure, ensure_writable, seed_failure, seed_run_name
@@ -165,7 +165,7 @@ def run(args) -> StoragePath:
         )
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)
-    panel_path = absolute_panel_path(cfg.data, args.data)
+    cfg, panel_path = pin_panel(cfg, args.data)
     prepared = prepare(cfg, panel_path)  # validates the panel before any seed starts
     print(f"ensemble {experiment_dir.name}: seeds {list(seeds)}; panel {prepared.panel.fingerprint[:12]}; "
           f"train/val/test decisions {len(prepared.splits.train)}/{len(prepared.splits.val)}/{len(prepared.splits.test)}")

@@ -28,7 +28,9 @@ class EnsembleInputs:
     @classmethod
     def load(cls, experiment: Optional[StoragePath], data: Optional[str], device: str,
              runs: Optional[Sequence[str | Path]] = None) -> "EnsembleInputs":
-        """The members of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two)."""
+        """The members of a Tune ``experiment`` or of ``train.py`` ``runs`` (one of the two), and the
+        panel ``data``; by default the one they were trained on, which must still be the same
+        (DataError otherwise: a backtest of another panel is asked for with ``data``, never implied)."""
         ensemble = Ensemble.load(experiment, device=device, runs=runs)
         cfg = ensemble.cfg
         panel = load_panel(cfg.data, data)
@@ -37,6 +39,14 @@ class EnsembleInputs:
             raise DataError(
                 f"the panel's features {panel.feature_names} differ from the ones the ensemble was trained "
                 f"on {normalizer.feature_names}; build the panel with python -m data.build_panel."
+            )
+        if panel.fingerprint != ensemble.data_fingerprint and data is None:
+            where = cfg.data.panel_path or "the embedded synthetic panel"
+            raise DataError(
+                f"the ensemble was trained on a panel with fingerprint {ensemble.data_fingerprint[:12]}, but its "
+                f"config's panel ({where}) now has fingerprint {panel.fingerprint[:12]}: the file changed, or the "
+                "members were trained with --data before their checkpoints recorded it. Pass --data with the "
+                "training panel (or, to predict on another panel on purpose, with that one)."
             )
         if panel.fingerprint != ensemble.data_fingerprint:
             print(f"note: predicting on a panel ({panel.fingerprint[:12]}) other than the training one "

@@ -52,7 +52,7 @@ def predict(experiment: Optional[StoragePath], out: StoragePath, data=None, date
 def main(argv=None) -> int:
     p = CliParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n\n")[0])
     add_member_arguments(p)
-    p.add_argument("--data", default=None, help="Parquet factor panel (default: the one in the config, else the embedded panel)")
+    p.add_argument("--data", default=None, help="Parquet factor panel (default: the one the members were trained on)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--date", help="decision date (the last panel date on or before it is used)")
     which.add_argument("--split", choices=["train", "val", "test"], help="every rebalance of a split")

@@ -14,7 +14,7 @@ from core.config import Config
 from core.errors import DeviceError
 from core.storage import StoragePath, as_path
 from data.splits import Splits, block_starts
-from data.windows import absolute_panel_path, prepare
+from data.windows import pin_panel, prepare
 from ray_jobs import ray_cluster
 from ray_jobs.run_folder import (
     clear_failure, ensure_writable, read_finished, refuse_finished, seed_failure, seed_run_name,
@@ -114,7 +114,7 @@ def train_one_seed(cfg: Config, seed: int, output: StoragePath, panel_path: Opti
     Returns (finished.json contents, Ray's Result).  A failed seed raises the typed error its
     workers stopped with (SolverError, TrainingError, CheckpointError), else TrainingError.
     """
-    panel_path = absolute_panel_path(cfg.data, panel_path)
+    cfg, panel_path = pin_panel(cfg, panel_path)
     output = as_path(output).resolve()
     run_dir = output / seed_run_name(seed)
     refuse_finished(run_dir)

@@ -31,7 +31,7 @@ from core.errors import ConfigError
 from core.files import write_text_atomic
 from core.storage import StoragePath, as_path
 from data.folds import WINDOWS, FoldPlan, folds_for
-from data.windows import absolute_panel_path, load_panel, prepare
+from data.windows import pin_panel, load_panel, prepare
 from ray_jobs import ray_cluster
 from ray_jobs.backtest import BASELINE_POLICIES
 from ray_jobs.ensemble import grid_tuner, restore_grid, trial_trainable
@@ -115,7 +115,7 @@ def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str 
     _check_plan_record(experiment_dir, record, args.resume)
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)
-    panel_path = absolute_panel_path(cfg.data, args.data)
+    cfg, panel_path = pin_panel(cfg, args.data)
     plan = folds_for(len(load_panel(cfg.data, panel_path).dates), cfg.data, args.folds, args.window)
     for fold in plan.folds:
         prepare(cfg, panel_path, splits=fold)  # each fold's normaliser fits (no constant feature)

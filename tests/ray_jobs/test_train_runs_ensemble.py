@@ -88,3 +88,44 @@ def test_members_with_another_config_are_refused(models):
     odd = _train(models.parent / f"{models.name}_odd", 3, "portfolio.tc_rate=0.001")
     with pytest.raises(ConfigError, match=r"another config .*portfolio\.tc_rate \(0\.0005 vs 0\.001\)"):
         Ensemble.load(runs=[models / "model_1", odd])
+
+
+def test_a_run_on_a_panel_file_is_backtested_on_that_file_and_nothing_else(models, tmp_path, capsys):
+    """``--data`` at training is what predict / backtest read by default; a changed file is refused.
+
+    (Before, the checkpoints kept the config's ``data.panel_path`` (none), so the default panel of a
+    member trained with ``--data`` was the embedded synthetic one, backtested with only a note.)"""
+    from bad_panels import write_parquet
+    from core.errors import DataError
+    from data.build_panel import compute_features
+    from panel_helpers import SMALL_OVERRIDES, make_returns
+    from ray_jobs.ensemble_model import Ensemble
+
+    panel = tmp_path / "panel.parquet"
+    returns = make_returns(seed=11)
+    write_parquet(compute_features(returns), panel)
+    out = models.parent / f"{models.name}_file" / "model_5"
+    sets = [a for o in (*SMALL_OVERRIDES, "training.max_epochs=1") for a in ("--set", o)]
+    assert entry_main("train")(["--config", str(SMOKE), "--data", str(panel), "--seed", "5", "--output", str(out),
+                                *sets]) == 0
+    assert Ensemble.load(runs=[out]).cfg.data.panel_path == str(panel.resolve())
+
+    weights = tmp_path / "w.parquet"
+    assert entry_main("ray_jobs.predict")(["--runs", str(out), "--split", "test", "--out", str(weights)]) == 0
+    frame = pd.read_parquet(weights)
+    assert set(frame["factor"]) == set(returns.columns)  # the file's factors, not the synthetic panel's
+    assert set(pd.to_datetime(frame["date"])) <= set(returns.index)
+    assert "other than the training one" not in capsys.readouterr().out
+
+    write_parquet(compute_features(make_returns(seed=12)), panel)  # the file changes under the members
+    assert entry_main("ray_jobs.predict")(["--runs", str(out), "--split", "test", "--out", str(tmp_path / "x.parquet")]) == 2
+    message = capsys.readouterr().err
+    assert "fingerprint" in message and "--data" in message
+    with pytest.raises(DataError, match=r"trained on a panel with fingerprint"):
+        from ray_jobs.inference import EnsembleInputs
+        EnsembleInputs.load(None, None, "cpu", runs=[out])
+    other = tmp_path / "other.parquet"  # another panel asked for by name: allowed, with the note
+    write_parquet(compute_features(make_returns(seed=13)), other)
+    assert entry_main("ray_jobs.predict")(["--runs", str(out), "--split", "test", "--data", str(other),
+                                           "--out", str(tmp_path / "y.parquet")]) == 0
+    assert "other than the training one" in capsys.readouterr().out
