@@ -36,6 +36,9 @@ def test_mac_test_matches_spec():
     assert cfg.data.lookback_days == 60
     assert (cfg.training.batch_size, cfg.training.max_epochs, cfg.training.device) == (32, 5, "mps")
     assert cfg.ensemble.seeds == (42, 123, 456, 789, 1024)
+    tr = cfg.training  # the seed's learning rate and loss weights, under the A35 training budget and loss
+    assert (tr.learning_rate, tr.alpha_return, tr.beta_cov, tr.gamma_sharpe, tr.lambda_tc) == (1e-4, 1.0, 0.5, 2.0, 0.0)
+    assert (tr.steps_per_epoch, tr.return_loss, tr.rank_ic_anchor) == (54, "rank_ic", 0.1)
 
 
 def test_smoke_keeps_data_shape_and_cpu():
