@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "several nodes, after a check that every node sees it")
     p.add_argument("--name", required=True, help="run name: the run lives in STORAGE/NAME")
     p.add_argument("--data", default=None, help="Parquet factor panel (default: data.panel_path, else synthetic)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run (same --folds/--window/--seeds)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run (same --folds/--window/--seeds/--set and panel)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.max_epochs=5")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
@@ -101,7 +101,7 @@ def _check_plan_record(experiment_dir: StoragePath, record: dict, resume: bool) 
     stored = json.loads(path.read_text())
     if stored != record:
         raise ConfigError(f"--resume with {record}, but {experiment_dir} was started with {stored}: "
-                          "resume with the same --folds, --window, --seeds and --set values.")
+                          "resume with the same --folds, --window, --seeds, --set values and panel (--data).")
 
 
 def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str | None]:
@@ -111,12 +111,14 @@ def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {list(seeds)}: seeds must be distinct.")
     experiment_dir = as_path(args.storage).resolve() / args.name
-    record = {"folds": args.folds, "window": args.window, "seeds": list(seeds), "overrides": list(args.overrides)}
+    cfg, panel_path = pin_panel(cfg, args.data)
+    panel = load_panel(cfg.data, panel_path)
+    record = {"folds": args.folds, "window": args.window, "seeds": list(seeds), "overrides": list(args.overrides),
+              "panel": panel_path, "panel_fingerprint": panel.fingerprint}  # a resume may not switch panels
     _check_plan_record(experiment_dir, record, args.resume)
     if not os.environ.get("RAY_ADDRESS"):
         check_device(cfg.training.device, cfg.training.precision)
-    cfg, panel_path = pin_panel(cfg, args.data)
-    plan = folds_for(len(load_panel(cfg.data, panel_path).dates), cfg.data, args.folds, args.window)
+    plan = folds_for(len(panel.dates), cfg.data, args.folds, args.window)
     for fold in plan.folds:
         prepare(cfg, panel_path, splits=fold)  # each fold's normaliser fits (no constant feature)
     ensure_writable(experiment_dir)

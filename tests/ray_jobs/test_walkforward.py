@@ -137,3 +137,23 @@ def test_report_has_every_policy_figure_and_plot(walk_forward):
     assert "members (mean ± std)" in text
     for png in ("equity", "drawdown", "rolling_sharpe", "weights"):
         assert (report / f"{png}.png").stat().st_size > 10_000 and f"({png}.png)" in text
+
+
+def test_resume_on_another_panel_is_refused_before_anything_runs(walk_forward, tmp_path):
+    """The plan record names the panel (path and fingerprint): folds trained on one panel are
+    never finished, and scored, on another."""
+    from core.config import load_config
+    from core.errors import ConfigError
+    from data.build_panel import compute_features
+    from data.panel import write_panel
+    from data.windows import load_panel
+    from ray_jobs.walkforward import PLAN_FILE, plan_run
+
+    experiment, _ = walk_forward
+    panel = load_panel(load_config(SMOKE).data)  # what the run trained on: the embedded panel
+    other = tmp_path / "other.parquet"
+    write_panel(compute_features(pd.DataFrame(panel.returns, index=pd.DatetimeIndex(panel.dates), columns=list(panel.factors))), other)
+    plan = (experiment / PLAN_FILE).read_bytes()
+    with pytest.raises(ConfigError, match=r"(?s)'panel': '.*other\.parquet'.*'panel': None.*same .*panel \(--data\)"):
+        plan_run(_args(experiment.parent, "--resume", "--data", str(other)))
+    assert (experiment / PLAN_FILE).read_bytes() == plan
