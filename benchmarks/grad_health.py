@@ -25,6 +25,7 @@ from core.cli import CliParser, run_cli
 
 
 def run(config: str, batch: int, steps: int, seed: int, threads: int, overrides: list[str]) -> list[float]:
+    from benchmarks.model_cost import CPU_OVERRIDES
     from core.config import load_config
     from data.windows import prepare
     from model.network import XLSTMPortfolio
@@ -32,9 +33,7 @@ def run(config: str, batch: int, steps: int, seed: int, threads: int, overrides:
     from ray_jobs.steps import gradient_scales, make_optimizer, training_step
 
     torch.set_num_threads(threads)
-    cpu = ["training.device=cpu", "training.precision=float32", "training.compile=false",
-           "resources.gpus_per_worker=0", f"training.batch_size={batch}"]
-    cfg = load_config(config, [*cpu, *overrides])
+    cfg = load_config(config, [*CPU_OVERRIDES, f"training.batch_size={batch}", *overrides])
     enc = cfg.model.encoder
     print(f"{config}: {enc.num_layers} layers {list(enc.cell_types)}, hidden {enc.hidden_dim}, lookback "
           f"{cfg.data.lookback_days}, {cfg.data.num_factors} factors; CPU float32, batch {batch}, {threads} thread(s)")

@@ -40,15 +40,15 @@ class EnsembleInputs:
                 f"the panel's features {panel.feature_names} differ from the ones the ensemble was trained "
                 f"on {normalizer.feature_names}; build the panel with python -m data.build_panel."
             )
-        if panel.fingerprint != ensemble.data_fingerprint and data is None:
-            where = cfg.data.panel_path or "the embedded synthetic panel"
-            raise DataError(
-                f"the ensemble was trained on a panel with fingerprint {ensemble.data_fingerprint[:12]}, but its "
-                f"config's panel ({where}) now has fingerprint {panel.fingerprint[:12]}: the file changed, or the "
-                "members were trained with --data before their checkpoints recorded it. Pass --data with the "
-                "training panel (or, to predict on another panel on purpose, with that one)."
-            )
         if panel.fingerprint != ensemble.data_fingerprint:
+            if data is None:
+                where = cfg.data.panel_path or "the embedded synthetic panel"
+                raise DataError(
+                    f"the ensemble was trained on a panel with fingerprint {ensemble.data_fingerprint[:12]}, but "
+                    f"its config's panel ({where}) now has fingerprint {panel.fingerprint[:12]}: the file changed, "
+                    "or the members were trained with --data before their checkpoints recorded it. Pass --data "
+                    "with the training panel (or, to predict on another panel on purpose, with that one)."
+                )
             print(f"note: predicting on a panel ({panel.fingerprint[:12]}) other than the training one "
                   f"({ensemble.data_fingerprint[:12]}); features use the training normalisation.")
         feats = torch.as_tensor(normalizer.transform(panel.features), dtype=torch.float32, device=device)

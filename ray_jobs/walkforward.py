@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -104,8 +105,9 @@ def _check_plan_record(experiment_dir: StoragePath, record: dict, resume: bool) 
                           "resume with the same --folds, --window, --seeds, --set values and panel (--data).")
 
 
-def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str | None]:
-    """Config, fold plan, seeds, run folder and panel, every check done before anything is written."""
+def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str | None, np.ndarray]:
+    """Config, fold plan, seeds, run folder, panel path and the panel's dates, every check done
+    before anything is written."""
     cfg = load_config(args.config, args.overrides)
     seeds = tuple(args.seeds) if args.seeds else cfg.ensemble.seeds
     if len(set(seeds)) != len(seeds):
@@ -123,7 +125,7 @@ def plan_run(args) -> tuple[Config, FoldPlan, tuple[int, ...], StoragePath, str 
         prepare(cfg, panel_path, splits=fold)  # each fold's normaliser fits (no constant feature)
     ensure_writable(experiment_dir)
     write_text_atomic(experiment_dir / PLAN_FILE, json.dumps(record, indent=2))
-    return cfg, plan, seeds, experiment_dir, panel_path
+    return cfg, plan, seeds, experiment_dir, panel_path, panel.dates
 
 
 def describe_plan(plan: FoldPlan, dates) -> str:
@@ -165,8 +167,7 @@ def run(args) -> StoragePath:
     """Train every (fold, seed), then write the out-of-sample report to ``STORAGE/NAME/report``."""
     from ray_jobs.walkforward_report import walk_forward_report
 
-    cfg, plan, seeds, experiment_dir, panel_path = plan_run(args)
-    dates = load_panel(cfg.data, panel_path).dates
+    cfg, plan, seeds, experiment_dir, panel_path, dates = plan_run(args)
     print(f"walk-forward {experiment_dir.name}: {len(plan)} folds ({args.window}) x seeds {list(seeds)}\n"
           + describe_plan(plan, dates))
     train_folds(cfg, plan, seeds, experiment_dir, panel_path, args.resume, args.num_cpus, args.shared_mount)
